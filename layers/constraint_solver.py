@@ -1,0 +1,362 @@
+"""CCNN's constrained latent distribution, batched: the numerical core of the
+constrained MIL loss (Pathak, Krähenbühl, Darrell, ICCV 2015; used for the
+category-specific adaptation of Hoffman et al. 2016, Sec. 3.3).
+
+For every image (N pixels, C classes, scores ``f``) CCNN finds the latent
+distribution ``P`` closest to ``softmax(s*f)`` that satisfies linear constraints
+on the image-averaged class distribution::
+
+    (1/N) sum_i a_k . p_i >= b_k          (an upper bound u on class c: a = -e_c, b = -u)
+
+Classes under a zero constraint get ``p_ic = 0``. The solution is
+
+    P_ic = softmax_c( s * (f_ic + sum_k lambda_k a_kc) ),   0 <= lambda_k <= slack_k
+
+with the multipliers ``lambda`` minimising the dual. ``slack`` is a cap on the
+multiplier (an L1 penalty weight on the violation), not a relaxation of ``b``;
+1e10 (``HARD``) never binds.
+
+This is a port of CCNN's ``ConstraintSoftmax::computeLog`` and ``pgd``
+(pathak22/ccnn ``lib/constraintloss/constraintsoftmax.cpp``,
+``lib/optimization/fista.cpp``), including what decides where it stops:
+projected gradient descent on ``N*D(l)`` in ``l = N*lambda`` from ``l = 0`` with
+step ``alpha = 1e5``; a step is taken only if the float32 dual objective strictly
+decreases (then ``alpha *= 1.1``, else ``alpha *= 0.5``); the loop runs while
+``k <= 3000`` and ``alpha > 1e-8``, and has converged iff ``k < 3000``. Because the
+stop comes from float32 resolution, the objective, the gradient, the step, the step
+size and the projection are float32 with CCNN's roundings; exp, log and the order of
+the pixel sums are torch's, so the stopping point matches CCNN's up to float32 noise
+(a few iterations), not bit for bit. All images of a batch run in lockstep, each with
+its own step size; an image whose loop has ended is frozen and leaves the working
+set, so batching changes no bit of any image's answer.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from fcnwild.nets.errors import NetError
+
+HARD = 1e10                 # CCNN's default slack: the multiplier cap never binds
+REMOVED_LOGIT = -1e10       # what computeLog writes into zero-constrained classes
+MAX_ITER = 3000
+EXP_FLOOR = -87.0                # exp(-87) = 1.6e-38, just above float32's smallest normal
+LOG2E = 1.4426950408889634       # exp(x) = exp2(x * log2(e))
+ALPHA_START, ALPHA_MIN = 1e5, 1e-8
+ALPHA_GROW, ALPHA_SHRINK = 1.1, 0.5
+# Default multiplier cap of a lower bound: CCNN WeakLoss's fg_slack, i.e. a class's
+# logit may be raised by at most 2 to meet its lower bound.
+DEFAULT_LOWER_SLACK = 2.0
+
+
+class ConstraintSolverWarning(RuntimeWarning):
+    """Some images hit the iteration cap: their constraints are probably infeasible."""
+
+
+@dataclass(frozen=True)
+class ConstraintSet:
+    """Per-image constraints, batched; row k of image j reads
+    ``(1/N) sum_i A[j,k] . p_i >= b[j,k]`` with multiplier cap ``slack[j,k]``.
+
+    Images with fewer rows leave ``active[j,k] = False`` on the rest (their
+    contents are ignored). ``absent[j,c]`` is CCNN's zero constraint: class c is
+    removed before the solve, rows lose their entries on it, and ``P[j,c] = 0``.
+    """
+    A: Tensor        # (B, K, C) float32
+    b: Tensor        # (B, K) float32
+    slack: Tensor    # (B, K) float32, >= 0
+    active: Tensor   # (B, K) bool
+    absent: Tensor   # (B, C) bool
+
+    def __post_init__(self) -> None:
+        if self.A.dim() != 3:
+            raise NetError("constraint matrix A must be (B, K, C), "
+                           f"got shape {tuple(self.A.shape)}")
+        B, K, C = self.A.shape
+        for name, want in (("b", (B, K)), ("slack", (B, K)), ("active", (B, K)),
+                           ("absent", (B, C))):
+            got = tuple(getattr(self, name).shape)
+            if got != want:
+                raise NetError(f"constraint {name} must have shape {want} to match A "
+                               f"{tuple(self.A.shape)}, got {got}")
+        if self.active.dtype != torch.bool or self.absent.dtype != torch.bool:
+            raise NetError("constraint masks 'active' and 'absent' must be bool tensors")
+        if bool((self.slack[self.active] < 0).any()):
+            raise NetError("constraint slack (a multiplier cap) must be >= 0")
+
+    @property
+    def num_classes(self) -> int:
+        return self.A.shape[2]
+
+    def to(self, device: torch.device | str) -> ConstraintSet:
+        return ConstraintSet(self.A.to(device, torch.float32), self.b.to(device, torch.float32),
+                             self.slack.to(device, torch.float32), self.active.to(device),
+                             self.absent.to(device))
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[Tensor, Tensor, Tensor]],
+                  absent: Tensor) -> ConstraintSet:
+        """Pad per-image ``(A_j (K_j, C), b_j (K_j,), slack_j (K_j,))`` into one batch."""
+        B, C = absent.shape
+        if len(rows) != B:
+            raise NetError(f"{len(rows)} per-image constraint sets for a batch of {B} images")
+        K = max((int(A.shape[0]) for A, _, _ in rows), default=0)
+        A = torch.zeros(B, K, C)
+        b, slack = torch.zeros(B, K), torch.zeros(B, K)
+        active = torch.zeros(B, K, dtype=torch.bool)
+        for j, (Aj, bj, sj) in enumerate(rows):
+            k = Aj.shape[0]
+            A[j, :k], b[j, :k], slack[j, :k], active[j, :k] = \
+                torch.as_tensor(Aj), torch.as_tensor(bj), torch.as_tensor(sj), True
+        return cls(A, b, slack, active, torch.as_tensor(absent, dtype=torch.bool))
+
+
+@dataclass(frozen=True)
+class ConstraintSolution:
+    """What ``solve_constrained_softmax`` returns (all without grad)."""
+    P: Tensor            # latent distribution, in the layout of the scores
+    multipliers: Tensor  # (B, K) lambda in logit units; 0 on inactive rows
+    values: Tensor       # (B, K) (1/N) sum_i a_k . P_i; 0 on inactive rows
+    converged: Tensor    # (B,) bool; False = hit the 3000-iteration cap
+    iterations: Tensor   # (B,) CCNN's loop counter (trial steps + 1); 0 = no solve ran
+
+
+def solve_constrained_softmax(scores: Tensor, constraints: ConstraintSet,
+                              scale: float = 1.0) -> ConstraintSolution:
+    """CCNN's ``ConstraintSoftmax(scale).compute(f)`` for a batch of images.
+
+    ``scores``: (B, C, H, W) (a Caffe blob) or (B, N, C) (CCNN's pixel-by-class
+    layout); computed in float32 on the scores' device. ``scale`` is CCNN's
+    hardness ``s``. An image with at most one class left after the zero
+    constraints is not optimised and its linear constraints are ignored, as in
+    CCNN (P is one-hot on the class left, uniform if none is). Non-convergence is
+    reported in ``converged`` and by a ``ConstraintSolverWarning``.
+    """
+    if not (scale > 0 and scale < float("inf")):
+        raise NetError("constraint softmax scale (hardness) must be a positive number, "
+                       f"got {scale}")
+    with torch.no_grad():
+        f, restore = _to_class_by_pixel(scores)
+        B, C, N = f.shape
+        if constraints.A.shape[0] != B or constraints.num_classes != C:
+            raise NetError(f"constraints for {constraints.A.shape[0]} images x "
+                           f"{constraints.num_classes} classes do not fit scores of shape "
+                           f"{tuple(scores.shape)} ({B} images x {C} classes)")
+        cs = constraints.to(f.device)
+        s = float(torch.tensor(scale, dtype=torch.float32))   # CCNN keeps scale_ as float
+        f = f.masked_fill(cs.absent[:, :, None], REMOVED_LOGIT)
+        kept = cs.active[:, :, None] & ~cs.absent[:, None, :]
+        # CCNN's internal units: rows a/N, multipliers l = N*lambda boxed in [0, slack*N].
+        A = torch.where(kept, cs.A, 0.0) / N
+        b = torch.where(cs.active, cs.b, 0.0)
+        cap = torch.where(cs.active, cs.slack * N, 0.0)
+        solve = (~cs.absent).sum(1) > 1
+
+        l, iterations = _projected_gradient_descent(f, A, b, cap, s, solve)
+        converged = ~solve | (iterations < MAX_ITER)
+
+        P = _softmax(_logits(f, _class_bias(l, A), s))
+        colsum = P.double().sum(2)
+        values = torch.where(cs.active, (cs.A.double() @ colsum[:, :, None])[..., 0] / N, 0.0)
+        solution = ConstraintSolution(restore(P), l / N, values.float(), converged, iterations)
+
+    failed = int((~converged).sum())
+    if failed:
+        warnings.warn(f"constrained softmax: {failed} of {B} image(s) did not converge in "
+                      f"{MAX_ITER} projected gradient steps; their constraints are probably "
+                      "infeasible (hard bounds no distribution can meet). Returning the last "
+                      "iterate, as CCNN does.", ConstraintSolverWarning, stacklevel=2)
+    return solution
+
+
+def _to_class_by_pixel(scores: Tensor):
+    """(B, C, N) float32 contiguous, and the map back to the caller's layout."""
+    if scores.dim() == 4:
+        shape = scores.shape
+        return (scores.detach().reshape(shape[0], shape[1], -1).float().contiguous(),
+                lambda P: P.reshape(shape))
+    if scores.dim() == 3:
+        return (scores.detach().transpose(1, 2).float().contiguous(),
+                lambda P: P.transpose(1, 2).contiguous())
+    raise NetError(f"scores must be (B, C, H, W) or (B, N, C), got shape {tuple(scores.shape)}")
+
+
+def _class_bias(l: Tensor, A: Tensor) -> Tensor:
+    """l^T A per image, (B, C) float32. Summed in float64 (the products are exact)
+    so that padding rows or changing the batch cannot change a single bit."""
+    return (l.double()[:, :, None] * A.double()).sum(1).float()
+
+
+def _logits(f: Tensor, bias: Tensor, s: float) -> Tensor:
+    return (f + bias[:, :, None]) * s
+
+
+def _shifted_exp(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """exp(z - max_c z) over classes (dim 1), with the shift d = z - max and the max."""
+    mx = z.amax(1, keepdim=True)
+    d = z - mx
+    # Terms with d below EXP_FLOOR are < 2e-38 next to the max term 1: clamping them
+    # changes neither the objective nor the gradient in float32 (removed classes have
+    # zero columns in A) and avoids the CPU exp's ~40x slower underflow path.
+    # exp2 and log1p (in _dual) rather than exp and log: on CPU the latter go through
+    # MKL VML, whose own threading stalls each of the solver's many small calls for
+    # milliseconds when the cores are busy (data loaders, other jobs).
+    return torch.exp2(d.clamp(min=EXP_FLOOR) * LOG2E), d, mx
+
+
+def _dual(f: Tensor, l: Tensor, A: Tensor, b: Tensor, s: float) -> tuple[Tensor, Tensor]:
+    """CCNN's ``fun``: dual objective N*D(l) (float32) and its gradient A sum_i p_i - b."""
+    e, _, mx = _shifted_exp(_logits(f, _class_bias(l, A), s))
+    Z = e.sum(1, keepdim=True)
+    lse_sum = (mx + torch.log1p(Z - 1.0)).sum((1, 2))      # Z >= 1, so Z - 1 is exact
+    lb = (l.double() * b.double()).sum(1).float()          # a float32 dot in CCNN
+    # CCNN: 1.0/scale_ * sum - l.dot(b) is evaluated in double, then returned as float.
+    objective = ((1.0 / s) * lse_sum.double() - lb.double()).float()
+    colsum = (e / Z).sum(2)
+    gradient = (A.double() @ colsum.double()[:, :, None])[..., 0].float() - b
+    return objective, gradient
+
+
+def _softmax(z: Tensor) -> Tensor:
+    """softmax over classes with exact zeros where exp underflows (removed classes)."""
+    e, d, _ = _shifted_exp(z)
+    e = e.masked_fill(d < EXP_FLOOR, 0.0)
+    return e / e.sum(1, keepdim=True)
+
+
+def _projected_gradient_descent(f: Tensor, A: Tensor, b: Tensor, cap: Tensor, s: float,
+                                solve: Tensor) -> tuple[Tensor, Tensor]:
+    """CCNN's ``pgd`` for every image with ``solve`` set, in lockstep.
+
+    Returns the multipliers l (B, K) in CCNN's units and the loop counter k
+    (0 where no solve ran)."""
+    B, K = b.shape
+    device = f.device
+    l = torch.zeros(B, K, device=device)
+    g = torch.zeros(B, K, device=device)
+    prev = torch.zeros(B, device=device)
+    # Step sizes are float32 in CCNN; kept as float64 holding float32 values so that
+    # `alpha *= 1.1` rounds once, like the C++ float*double product.
+    alpha = torch.full((B,), ALPHA_START, dtype=torch.float64, device=device)
+    k = torch.where(solve, 1, 0).to(torch.int64)
+
+    idx = solve.nonzero()[:, 0]
+    if idx.numel():
+        prev[idx], g[idx] = _dual(f[idx], l[idx], A[idx], b[idx], s)
+    work_size = -1
+    while True:
+        running = solve & (k <= MAX_ITER) & (alpha > ALPHA_MIN)
+        idx = running.nonzero()[:, 0]
+        if idx.numel() == 0:
+            break
+        if idx.numel() != work_size:       # images only ever leave: re-gather when one does
+            work_size = idx.numel()
+            fw, Aw, bw, capw = f[idx], A[idx], b[idx], cap[idx]
+        step = alpha[idx].float()[:, None] * g[idx]
+        x = torch.minimum((l[idx] - step).clamp(min=0.0), capw)
+        fx, gx = _dual(fw, x, Aw, bw, s)
+        accept = fx < prev[idx]
+        l[idx] = torch.where(accept[:, None], x, l[idx])
+        g[idx] = torch.where(accept[:, None], gx, g[idx])
+        prev[idx] = torch.where(accept, fx, prev[idx])
+        alpha[idx] = torch.where(accept, (alpha[idx] * ALPHA_GROW).float().double(),
+                                 alpha[idx] * ALPHA_SHRINK)
+        k[idx] += 1
+    return l, k
+
+
+def weakloss_constraints(labels: Tensor, *, fg_lower: float = 0.05, fg_slack: float = 2.0,
+                         bg_lower: float = 0.3, bg_slack: float = HARD,
+                         bg_upper: float = 0.7) -> ConstraintSet:
+    """The constraint set CCNN's ``WeakLoss`` layer builds from image-level labels.
+
+    ``labels``: (B, C) or (B, C, 1, 1); class c is present where label > 0.5, class
+    0 is background. Per image: absent classes are zero-constrained; each present
+    class l > 0 gets ``p_l >= fg_lower`` (cap ``fg_slack``); background gets
+    ``p_0 >= bg_lower`` (cap ``bg_slack``) and, if any foreground class is present,
+    the hard upper bound ``p_0 <= bg_upper``. Defaults are WeakLoss's; its
+    ``apply_size_constraint`` variant is ``fg_lower=0.1, fg_slack=HARD,
+    bg_lower=0.2, bg_upper=0.7`` with scale 1000.
+
+    Rows sit in fixed slots: 0..C-2 for classes 1..C-1, C-1 the background lower
+    bound, C the background upper bound (CCNN's call order among active rows).
+    """
+    present = _present(labels)
+    B, C = present.shape
+    device = present.device
+    eye = torch.eye(C, device=device)
+    A = torch.cat([eye[1:], eye[:1], -eye[:1]]).expand(B, C + 1, C)
+    b = torch.tensor([fg_lower] * (C - 1) + [bg_lower, -bg_upper], device=device)
+    slack = torch.tensor([fg_slack] * (C - 1) + [bg_slack, HARD], device=device)
+    fg = present[:, 1:]
+    active = torch.cat([fg, torch.ones(B, 1, dtype=torch.bool, device=device),
+                        fg.any(1, keepdim=True)], 1)
+    return ConstraintSet(A.contiguous(), b.expand(B, C + 1).contiguous(),
+                         slack.expand(B, C + 1).contiguous(), active, ~present)
+
+
+def size_constraints(present: Tensor, lower: Tensor | float, upper: Tensor | float, *,
+                     lower_slack: Tensor | float = DEFAULT_LOWER_SLACK,
+                     upper_slack: Tensor | float = HARD) -> ConstraintSet:
+    """FCNs in the Wild's category constraints (Hoffman et al. 2016, Sec. 3.3).
+
+    For every class c present in an image: ``lower_c <= (1/N) sum_i p_ic <= upper_c``,
+    the lower bound soft (multiplier cap ``lower_slack``, default 2.0 = CCNN
+    WeakLoss's fg_slack), the upper bound hard by default; absent classes are
+    zero-constrained. ``present`` is (B, C) bool; ``lower``, ``upper`` and the
+    slacks broadcast to (B, C) (per-class source statistics, e.g. delta and gamma).
+    Slot c holds class c's lower bound, slot C + c its upper bound.
+    """
+    present = _present(present)
+    B, C = present.shape
+
+    def per_image_class(value: Tensor | float) -> Tensor:
+        return torch.as_tensor(value, dtype=torch.float32, device=present.device).expand(B, C)
+
+    eye = torch.eye(C, device=present.device)
+    A = torch.cat([eye, -eye]).expand(B, 2 * C, C).contiguous()
+    b = torch.cat([per_image_class(lower), -per_image_class(upper)], 1)
+    slack = torch.cat([per_image_class(lower_slack), per_image_class(upper_slack)], 1)
+    return ConstraintSet(A, b, slack, torch.cat([present, present], 1), ~present)
+
+
+def predicted_present(scores: Tensor, class_fraction: Tensor, ratio: float = 0.1) -> Tensor:
+    """Image-level labels predicted for a target image (Hoffman et al. 2016, Sec. 3.3):
+    class c is present when the fraction of pixels whose argmax is c exceeds
+    ``ratio * class_fraction[c]`` (alpha_c, the source-domain average).
+
+    ``scores``: (B, C, H, W); returns (B, C) bool."""
+    B, C = scores.shape[:2]
+    winners = scores.detach().reshape(B, C, -1).argmax(1)
+    fraction = torch.nn.functional.one_hot(winners, C).float().mean(1)
+    return fraction > ratio * torch.as_tensor(class_fraction, dtype=torch.float32,
+                                              device=fraction.device)
+
+
+def weakloss_loss_and_grad(scores: Tensor, P: Tensor) -> tuple[Tensor, Tensor]:
+    """CCNN WeakLoss's loss and gradient per image, for a constant target ``P``.
+
+    With Q = softmax(scores) over classes (plain, whatever the hardness) and N
+    pixels: ``loss_j = (sum P log max(P, 1e-10) - sum P log max(Q, 1e-10)) / N``,
+    i.e. KL(P || Q) / N, and ``grad = (Q - P) / N``. WeakLoss sums the losses over
+    the batch and scales grad by the top diff. ``scores`` and ``P`` are (B, C, H, W).
+    """
+    with torch.no_grad():
+        f = scores.detach().float()
+        N = f[0, 0].numel()
+        Q = torch.softmax(f, dim=1)
+        P = P.float()
+        dims = tuple(range(1, f.dim()))
+        loss = ((P * torch.log(P.clamp(min=1e-10))).sum(dims)
+                - (P * torch.log(Q.clamp(min=1e-10))).sum(dims)) / N
+        return loss, (Q - P) / N
+
+
+def _present(labels: Tensor) -> Tensor:
+    labels = torch.as_tensor(labels)
+    present = labels.reshape(labels.shape[0], -1)
+    return present if present.dtype == torch.bool else present > 0.5

@@ -1,0 +1,440 @@
+"""The Solver: Caffe's training loop with Caffe's exact update order.
+
+Per iteration (Solver::Step, SGDSolver::ApplyUpdate): clear param diffs; run
+``iter_size`` forward/backward passes (diffs accumulate; the reported loss is
+their mean, smoothed over ``average_loss``); [all-reduce the diffs across
+processes]; learning rate from the policy at the current iteration; clip the
+global L2 norm of all diffs; normalise by ``iter_size``; add weight decay
+(L2 or L1, ``weight_decay * decay_mult``); turn diffs into updates with the
+update rule and ``lr_mult``; subtract; ``iter += 1``; snapshot when due.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from fcnwild.nets import caffe_pb2
+from fcnwild.nets.errors import DivergenceError, SolverError
+from fcnwild.nets.net import Net
+from fcnwild.nets.prototxt import read_net_param, read_solver_param
+from fcnwild.nets.upgrade import upgrade_net
+from fcnwild.solvers.lr_policy import LearningRate
+from fcnwild.solvers.snapshot import read_solverstate, write_solverstate
+from fcnwild.solvers.update_rules import make_rule
+
+log = logging.getLogger("fcnwild.solver")
+PathLike = str | os.PathLike
+IterationHook = Callable[["Solver", float], None]
+
+
+class Solver:
+    """Train a net with a Caffe SolverParameter (a path to solver.prototxt or the message)."""
+
+    def __init__(self, solver: PathLike | caffe_pb2.SolverParameter, *,
+                 train_net: Net | None = None, allow_python: bool = False,
+                 rank: int = 0, world_size: int = 1, device: torch.device | str | None = None
+                 ) -> None:
+        if isinstance(solver, caffe_pb2.SolverParameter):
+            self.file: str | None = None
+            self.param = solver
+            self.root = Path.cwd()
+        else:
+            self.file = str(solver)
+            self.param = read_solver_param(solver)
+            self.root = Path(solver).resolve().parent
+            _default_snapshot_prefix(self.param, Path(solver))
+        self.rank, self.world_size = rank, world_size
+        self.allow_python = allow_python
+        self._validate()
+        if self.param.random_seed >= 0:
+            torch.manual_seed(self.param.random_seed + rank)
+            np.random.seed((self.param.random_seed + rank) % 2**32)
+        self.net = train_net if train_net is not None else self._build_train_net()
+        self.test_nets = self._build_test_nets()
+        if device is not None:
+            self.to(device)
+        self.lr = LearningRate(self.param, self.file)
+        self.rule = make_rule(self.param, [p.tensor for p in self.net.learnable_params],
+                              self.file)
+        self.iter = 0
+        self.losses: list[float] = []
+        self.smoothed_loss = 0.0
+        self.hooks: list[IterationHook] = []
+        self.last_snapshot: tuple[Path, Path] | None = None
+        if world_size > 1:
+            for net in (self.net,):
+                for layer in net.layers:
+                    if hasattr(layer, "set_shard"):
+                        layer.set_shard(rank, world_size)
+
+    # ------------------------------------------------------------------ construction
+    def _validate(self) -> None:
+        p, where = self.param, dict(file=self.file)
+        if p.average_loss < 1:
+            raise SolverError(f"average_loss must be at least 1, got {p.average_loss}", **where)
+        if p.iter_size < 1:
+            raise SolverError(f"iter_size must be at least 1, got {p.iter_size}", **where)
+        if p.regularization_type not in ("L1", "L2"):
+            raise SolverError(f"unknown regularization_type '{p.regularization_type}'; "
+                              "expected L1 or L2", **where)
+        if p.snapshot_format not in (caffe_pb2.SolverParameter.BINARYPROTO,
+                                     caffe_pb2.SolverParameter.HDF5):
+            raise SolverError("unknown snapshot_format", **where)
+
+    def _resolve(self, name: str) -> Path:
+        """Net files resolve against the solver file's folder first, then the cwd."""
+        candidate = self.root / name
+        return candidate if candidate.exists() or not Path(name).exists() else Path(name)
+
+    def _net_param(self, path_or_param) -> tuple[caffe_pb2.NetParameter, str | None]:
+        if isinstance(path_or_param, caffe_pb2.NetParameter):
+            return upgrade_net(path_or_param), None
+        path = self._resolve(path_or_param)
+        return read_net_param(path), str(path)
+
+    def _build_train_net(self) -> Net:
+        p = self.param
+        given = [f for f in ("train_net_param", "train_net", "net_param", "net") if p.HasField(f)]
+        if not given:
+            raise SolverError("the solver specifies no train net: set one of net, net_param, "
+                              "train_net, train_net_param", file=self.file)
+        if len(given) > 1:
+            raise SolverError(f"the solver specifies the train net more than once ({given}); "
+                              "set only one", file=self.file)
+        net_param, source = self._net_param(getattr(p, given[0]))
+        state = caffe_pb2.NetState(phase=caffe_pb2.TRAIN)
+        state.MergeFrom(net_param.state)
+        state.MergeFrom(p.train_state)
+        return self._make_net(net_param, source, state)
+
+    def _make_net(self, net_param: caffe_pb2.NetParameter, source: str | None,
+                  state: caffe_pb2.NetState) -> Net:
+        # A Net built from a file keeps that file as its source (relative data paths, errors).
+        return Net(source if source else net_param, state=state,
+                   allow_python=self.allow_python)
+
+    def _build_test_nets(self) -> list[Net]:
+        p = self.param
+        generic = int(p.HasField("net_param")) + int(p.HasField("net"))
+        if generic > 1:
+            raise SolverError("both net and net_param are set; set only one", file=self.file)
+        sources: list = list(p.test_net_param) + list(p.test_net)
+        n_specific = len(sources)
+        if generic:
+            if len(p.test_iter) < n_specific:
+                raise SolverError("test_iter must be given for each test net", file=self.file)
+            sources += [p.net_param if p.HasField("net_param") else p.net] * \
+                (len(p.test_iter) - n_specific)
+        elif len(p.test_iter) != n_specific:
+            raise SolverError(f"test_iter is given {len(p.test_iter)} times for {n_specific} "
+                              "test nets; give it once per test net", file=self.file)
+        if len(p.test_state) and len(p.test_state) != len(sources):
+            raise SolverError("test_state must be unspecified or given once per test net",
+                              file=self.file)
+        if sources and p.test_interval <= 0:
+            raise SolverError("test nets are defined but test_interval is not positive",
+                              file=self.file)
+        nets = []
+        for i, source in enumerate(sources):
+            net_param, path = self._net_param(source)
+            state = caffe_pb2.NetState(phase=caffe_pb2.TEST)
+            state.MergeFrom(net_param.state)
+            if len(p.test_state):
+                state.MergeFrom(p.test_state[i])
+            net = self._make_net(net_param, path, state)
+            net.share_weights_from(self.net)
+            nets.append(net)
+        return nets
+
+    def to(self, device: torch.device | str) -> "Solver":
+        self.net.to(device)
+        for net in self.test_nets:
+            net.to(device)
+            net.share_weights_from(self.net)
+        if hasattr(self, "rule"):
+            self.rule.history = [h.to(device) for h in self.rule.history]
+        return self
+
+    # ------------------------------------------------------------------ training
+    def solve(self, resume: PathLike | None = None) -> None:
+        """Caffe's Solver::Solve: [restore], train to max_iter, final snapshot/test."""
+        if resume is not None:
+            self.restore(resume)
+        start_iter = self.iter
+        self.step(self.param.max_iter - self.iter)
+        p = self.param
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if p.display and self.iter % p.display == 0:
+            with torch.no_grad():
+                loss = self.net.forward_range(0, len(self.net.layers) - 1)
+            self._update_smoothed_loss(loss, start_iter)
+            log.info("Iteration %d, loss = %g", self.iter, self.smoothed_loss)
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+
+    def step(self, iters: int) -> None:
+        start_iter = self.iter
+        stop_iter = self.iter + iters
+        self.losses, self.smoothed_loss = [], 0.0
+        p = self.param
+        timer = time.perf_counter()
+        while self.iter < stop_iter:
+            if p.test_interval and self.iter % p.test_interval == 0 and \
+                    (self.iter > 0 or p.test_initialization):
+                self.test_all()
+            display = p.display and self.iter % p.display == 0
+            loss = self.forward_backward()
+            self._update_smoothed_loss(loss, start_iter)
+            if display:
+                elapsed = time.perf_counter() - timer
+                log.info("Iteration %d (%.3g iter/s, %.3gs/%d iters), loss = %g", self.iter,
+                         p.display / elapsed if elapsed else 0.0, elapsed, p.display,
+                         self.smoothed_loss)
+                self._log_outputs(self.net, "Train")
+                timer = time.perf_counter()
+            self.apply_update()
+            self.iter += 1
+            if p.snapshot and self.iter % p.snapshot == 0 and self.rank == 0:
+                self.snapshot()
+            for hook in self.hooks:
+                hook(self, loss)
+
+    def forward_backward(self) -> float:
+        """Clear diffs, run iter_size passes, reduce across processes; the mean loss."""
+        self.net.clear_param_diffs()
+        total = 0.0
+        for _ in range(self.param.iter_size):
+            total += self.net.forward_backward()
+        loss = total / self.param.iter_size
+        if self.world_size > 1:
+            loss = self._all_reduce_diffs(loss)
+        if not math.isfinite(loss):
+            self._diverged(f"the loss is {loss}")
+        return loss
+
+    def _all_reduce_diffs(self, loss: float) -> float:
+        """Caffe's multi-GPU semantics: diffs averaged over ranks before the update."""
+        import torch.distributed as dist
+        for entry in self.net.learnable_params:
+            grad = _diff(entry.tensor)
+            dist.all_reduce(grad)
+            grad.div_(self.world_size)
+        value = torch.tensor([loss], dtype=torch.float64,
+                             device=self.net.learnable_params[0].tensor.device
+                             if self.net.learnable_params else "cpu")
+        dist.all_reduce(value)
+        return float(value.item()) / self.world_size
+
+    def apply_update(self) -> None:
+        p = self.param
+        rate = self.lr.rate(self.iter)
+        params = self.net.learnable_params
+        diffs = [_diff(entry.tensor) for entry in params]
+        self._clip_gradients(diffs)
+        for i, (entry, diff) in enumerate(zip(params, diffs)):
+            data = entry.tensor.detach()
+            if p.iter_size > 1:
+                diff.mul_(1.0 / p.iter_size)
+            local_decay = float(np.float32(p.weight_decay) * np.float32(entry.decay_mult))
+            if local_decay:
+                if p.regularization_type == "L2":
+                    diff.add_(data, alpha=local_decay)
+                else:
+                    diff.add_(torch.sign(data), alpha=local_decay)
+            local_rate = float(np.float32(rate) * np.float32(entry.lr_mult))
+            self.rule.compute_update(i, data, diff, local_rate, self.iter)
+            data.sub_(diff)
+
+    def _clip_gradients(self, diffs: Sequence[torch.Tensor]) -> None:
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        sumsq = sum(float(torch.dot(d.reshape(-1), d.reshape(-1))) for d in diffs)
+        norm = math.sqrt(sumsq)
+        if not math.isfinite(norm):
+            self._diverged("the gradient norm is not finite")
+        if norm > clip:
+            scale = clip / norm
+            log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale "
+                     "factor %g", norm, clip, scale)
+            for d in diffs:
+                d.mul_(scale)
+
+    def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
+        window = self.param.average_loss
+        if len(self.losses) < window:
+            self.losses.append(loss)
+            size = len(self.losses)
+            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
+        else:
+            idx = (self.iter - start_iter) % window
+            self.smoothed_loss += (loss - self.losses[idx]) / window
+            self.losses[idx] = loss
+
+    def _diverged(self, what: str) -> None:
+        """Stop with the last good weights saved (the update was not applied yet)."""
+        culprit = _first_non_finite(self.net)
+        saved = ""
+        if self.rank == 0 and _params_finite(self.net):
+            model, state = self.snapshot()
+            saved = f"; the last good state was saved as {model} and {state}"
+        raise DivergenceError(f"training diverged: {what}{culprit}{saved}",
+                              iteration=self.iter, file=self.file)
+
+    # ------------------------------------------------------------------ testing
+    def test_all(self) -> list[dict[str, float]]:
+        return [self.test(i) for i in range(len(self.test_nets))]
+
+    def test(self, index: int) -> dict[str, float]:
+        """Mean of every output blob over test_iter forward passes (Solver::Test)."""
+        net, iters = self.test_nets[index], self.param.test_iter[index]
+        log.info("Iteration %d, Testing net (#%d)", self.iter, index)
+        scores, loss = mean_outputs(net, iters)
+        if self.param.test_compute_loss:
+            log.info("Test loss: %g", loss)
+        self._log_scores(net, scores, "Test")
+        return scores
+
+    def _log_outputs(self, net: Net, kind: str) -> None:
+        self._log_scores(net, {name: net.blobs[name].data for name in net.outputs}, kind)
+
+    @staticmethod
+    def _log_scores(net: Net, scores: dict, kind: str) -> None:
+        index = 0
+        for name, values in scores.items():
+            weight = net.loss_weights.get(name, 0.0)
+            for value in np.asarray(values, dtype=np.float64).reshape(-1):
+                extra = f" (* {weight:g} = {weight * value:g} loss)" if weight else ""
+                log.info("    %s net output #%d: %s = %g%s", kind, index, name, value, extra)
+                index += 1
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot_filename(self, extension: str) -> Path:
+        prefix = self.param.snapshot_prefix
+        path = Path(f"{prefix}_iter_{self.iter}{extension}")
+        return path if path.is_absolute() or self.file is None else self.root / path
+
+    def snapshot(self) -> tuple[Path, Path]:
+        """Write ``<prefix>_iter_N.caffemodel[.h5]`` then the solver state (both atomic)."""
+        hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
+        state = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
+        model.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.net.save(model)
+            write_solverstate(state, self.iter, model.name, self.lr.current_step,
+                              [h.detach().cpu().numpy() for h in self.rule.history],
+                              self._resume_state())
+        except OSError as err:
+            raise SolverError(f"cannot write snapshot {model.name}: {err.strerror or err}; "
+                              "earlier snapshots are untouched", file=err.filename or model,
+                              iteration=self.iter) from None
+        log.info("Snapshotting to %s and %s", model, state)
+        self.last_snapshot = (model, state)
+        return model, state
+
+    def _resume_state(self) -> str:
+        """What Caffe does not snapshot but bit-identical resume needs (JSON)."""
+        layers = {layer.name: layer.state_dict_position() for layer in self.net.layers
+                  if hasattr(layer, "state_dict_position")}
+        rng = torch.get_rng_state().numpy().tobytes()
+        return json.dumps({"torch_rng_state": base64.b64encode(rng).decode("ascii"),
+                           "data_positions": layers, "smoothed_loss": self.smoothed_loss})
+
+    def restore(self, path: PathLike) -> None:
+        """Solver::Restore: iteration, lr-policy step, weights (learned_net) and history."""
+        path = Path(path)
+        with read_solverstate(path) as state:
+            if len(state.history) != len(self.rule.history):
+                raise SolverError(
+                    f"the snapshot holds {len(state.history)} history blobs but this "
+                    f"{self.param.type} solver has {len(self.rule.history)}: it was written "
+                    "for another net or solver type", file=path)
+            for i, (stored, target) in enumerate(zip(state.history, self.rule.history)):
+                if not stored.fits(target.shape):
+                    raise SolverError(f"history blob {i} has shape {stored.shape}, the net's "
+                                      f"param has {tuple(target.shape)}: the snapshot is from "
+                                      "another net", file=path)
+                with torch.no_grad():
+                    target.copy_(torch.from_numpy(stored.load()).reshape(target.shape))
+            if state.learned_net:
+                learned = Path(state.learned_net)
+                if not learned.is_absolute():
+                    beside = path.parent / learned
+                    learned = beside if beside.exists() else learned
+                self.net.copy_from(learned)
+            self.iter = state.iter
+            self.lr.current_step = state.current_step
+            if state.resume_state:
+                self._apply_resume_state(state.resume_state, path)
+
+    def _apply_resume_state(self, text: str, path: Path) -> None:
+        try:
+            extra = json.loads(text)
+            rng = np.frombuffer(base64.b64decode(extra["torch_rng_state"]), dtype=np.uint8)
+            torch.set_rng_state(torch.from_numpy(rng.copy()))
+            for name, position in extra.get("data_positions", {}).items():
+                layer = self.net.layer_dict.get(name)
+                if layer is not None and hasattr(layer, "load_state_dict_position"):
+                    layer.load_state_dict_position(position)
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise SolverError(f"the snapshot's fcnwild resume state is damaged ({err})",
+                              file=path) from None
+
+
+def mean_outputs(net: Net, iterations: int) -> tuple[dict[str, np.ndarray], float]:
+    """Mean of every output blob and of the weighted loss over ``iterations`` forwards."""
+    sums: dict[str, np.ndarray] = {}
+    loss = 0.0
+    with torch.no_grad():
+        for _ in range(iterations):
+            loss += net.forward_range(0, len(net.layers) - 1)
+            for name in net.outputs:
+                value = net.blobs[name].data.astype(np.float64)
+                sums[name] = sums[name] + value if name in sums else value.copy()
+    return {name: total / iterations for name, total in sums.items()}, loss / max(iterations, 1)
+
+
+def _diff(param: torch.nn.Parameter) -> torch.Tensor:
+    if param.grad is None:
+        param.grad = torch.zeros_like(param)
+    return param.grad
+
+
+def _params_finite(net: Net) -> bool:
+    return all(bool(torch.isfinite(e.tensor).all()) for e in net.learnable_params)
+
+
+def _first_non_finite(net: Net) -> str:
+    """Where NaN/Inf first shows: a param, a param diff, or a blob, in layer order."""
+    for i, layer in enumerate(net.layers):
+        for k, blob in enumerate(layer.blobs):
+            if not bool(torch.isfinite(blob).all()):
+                return f"; first non-finite value in param {k} of layer '{layer.name}'"
+        for name in net.top_names[i]:
+            tensor = net.blobs[name]._data
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                return f"; first non-finite value in blob '{name}' (top of layer '{layer.name}')"
+        for k, blob in enumerate(layer.blobs):
+            if blob.grad is not None and not bool(torch.isfinite(blob.grad).all()):
+                return f"; first non-finite diff in param {k} of layer '{layer.name}'"
+    return ""
+
+
+def _default_snapshot_prefix(param: caffe_pb2.SolverParameter, path: Path) -> None:
+    """Caffe's UpgradeSnapshotPrefixProperty: default to the solver file name; a directory
+    prefix gets the solver file's stem appended."""
+    if not param.HasField("snapshot_prefix"):
+        param.snapshot_prefix = str(path.with_suffix("").name)
+    elif (path.parent / param.snapshot_prefix).is_dir() or param.snapshot_prefix.endswith("/"):
+        param.snapshot_prefix = str(Path(param.snapshot_prefix) / path.stem)

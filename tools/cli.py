@@ -1,0 +1,58 @@
+"""The ``fcnwild`` command: one verb per module of this package.
+
+Mirrors Caffe's own tool (``train``, ``test``, ``time``) and adds fcnwild's
+verbs. Each verb module exposes ``add_arguments(parser)`` and ``run(args) ->
+int``; this file only dispatches, so ``fcnwild <verb> --help`` stays the
+single source of truth for a verb's flags.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from fcnwild.nets.errors import FcnwildError
+
+# verb -> (module under fcnwild.tools, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "train": ("train_cmd", "train a net with a Caffe solver prototxt"),
+    "test": ("test_cmd", "score a model: mean of every output blob over N iterations"),
+    "time": ("time_cmd", "per-layer forward/backward timing and achieved GFLOP/s"),
+    "convert": ("convert_cmd", "convert weights (caffemodel <-> h5 <-> torch) and prototxt V1 -> V2"),
+    "compare": ("compare_cmd", "compare a net's blobs, diffs and param diffs with Caffe reference blobs"),
+    "eval": ("eval_cmd", "per-class IoU / mIoU of a model or of saved predictions on a dataset split"),
+    "stats": ("stats_cmd", "per-class size statistics (alpha, delta, gamma) of a labelled source dataset"),
+    "surgery": ("surgery_cmd", "turn VGG16 fc6/fc7 into the front-end's convolutional fc6/fc7"),
+    "adapt": ("adapt_cmd", "source-only -> GA -> GA+CA adaptation, evaluated on the target val split"),
+    "demo": ("demo_cmd", "the whole story on the embedded synthetic benchmark: tables and figures"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcnwild", description="Caffe-exact FCNs in the Wild: train, test, time, adapt.")
+    sub = parser.add_subparsers(dest="verb", metavar="<command>")
+    sub.required = True
+    for verb, (module_name, help_text) in VERBS.items():
+        module = importlib.import_module(f"fcnwild.tools.{module_name}")
+        verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
+        module.add_arguments(verb_parser)
+        verb_parser.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except FcnwildError as err:
+        print(f"fcnwild {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fcnwild {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

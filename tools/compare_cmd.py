@@ -1,0 +1,36 @@
+"""``fcnwild compare``: a net's blobs, diffs and param diffs against Caffe reference blobs."""
+from __future__ import annotations
+
+import argparse
+
+from fcnwild.nets.net import Net
+from fcnwild.nets.reference import DEFAULT_ATOL, DEFAULT_TOLERANCES, compare_with_reference, \
+    format_table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="net prototxt")
+    parser.add_argument("--weights", help="caffemodel / .h5 / .pt weights (default: the "
+                        "reference file's params/ group is not used; the net's fillers are)")
+    parser.add_argument("--reference", required=True, help="reference blobs (HDF5)")
+    parser.add_argument("--phase", choices=["train", "test"], default="train",
+                        help="phase the reference was recorded in (default: train)")
+    parser.add_argument("--forward-tol", type=float, default=DEFAULT_TOLERANCES["forward"],
+                        help="forward tolerance relative to each blob's max |value|")
+    parser.add_argument("--backward-tol", type=float, default=DEFAULT_TOLERANCES["backward"],
+                        help="backward and param-diff tolerance, relative")
+    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="absolute floor")
+    parser.add_argument("--forward-only", action="store_true", help="skip backward")
+    parser.add_argument("--allow-python", action="store_true",
+                        help="allow Python layers (they run arbitrary code)")
+
+
+def run(args: argparse.Namespace) -> int:
+    net = Net(args.model, weights=args.weights, phase=args.phase,
+              allow_python=args.allow_python)
+    results = compare_with_reference(
+        net, args.reference, atol=args.atol, backward=not args.forward_only,
+        tolerances={"forward": args.forward_tol, "backward": args.backward_tol,
+                    "param_diffs": args.backward_tol})
+    print(format_table(results))
+    return 0 if all(r.passed for r in results) else 1

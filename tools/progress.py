@@ -1,0 +1,36 @@
+"""Progress bars and Caffe-style log lines shared by the long-running commands."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from typing import Iterator
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logger = logging.getLogger("fcnwild")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def iteration_progress(solver, disable: bool = False, desc: str = "train") -> Iterator[None]:
+    """A bar over the solver's iterations showing the smoothed loss."""
+    total = solver.param.max_iter
+    with logging_redirect_tqdm(), tqdm(total=total, initial=solver.iter, desc=desc,
+                                       unit="it", disable=disable, dynamic_ncols=True) as bar:
+        def advance(s, loss: float) -> None:
+            bar.n = s.iter
+            bar.set_postfix(loss=f"{s.smoothed_loss:.4g}", refresh=False)
+            bar.update(0)
+        solver.hooks.append(advance)
+        try:
+            yield
+        finally:
+            solver.hooks.remove(advance)

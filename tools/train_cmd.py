@@ -1,0 +1,70 @@
+"""``fcnwild train``: Caffe's ``caffe train`` (solver prototxt, finetune weights or resume).
+
+Multi-process data-parallel training: start it under ``torchrun`` (e.g.
+``torchrun --nproc-per-node 2 -m fcnwild.tools.cli train --solver S``); each
+rank reads its own shard of every batch, diffs are averaged before each update
+(Caffe's multi-GPU semantics: the effective batch is the sum over ranks).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import torch
+
+from fcnwild.nets.errors import SolverError
+from fcnwild.solvers.solver import Solver
+from fcnwild.tools.progress import iteration_progress, setup_logging
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--solver", required=True, help="solver prototxt")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--weights", help="comma-separated weights files to finetune from "
+                        "(copied into the train net in order)")
+    source.add_argument("--snapshot", help="a .solverstate[.h5] to resume training from")
+    parser.add_argument("--device", default=None,
+                        help="torch device (default: cuda:<local rank> under torchrun with "
+                        "CUDA, else cpu)")
+    parser.add_argument("--allow-python", action="store_true",
+                        help="allow Python layers (they run arbitrary code)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging()
+    rank, world, device = _distributed_setup(args.device)
+    try:
+        solver = Solver(args.solver, allow_python=args.allow_python, rank=rank,
+                        world_size=world, device=device)
+        if args.weights:
+            for path in args.weights.split(","):
+                solver.net.copy_from(path)
+        with iteration_progress(solver, disable=args.quiet or rank != 0):
+            solver.solve(resume=args.snapshot)
+        if rank == 0 and solver.last_snapshot:
+            logging.getLogger("fcnwild").info("Optimization done; last snapshot %s",
+                                              solver.last_snapshot[0])
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def _distributed_setup(device: str | None) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, torch.device(device or "cpu")
+    import torch.distributed as dist
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = (device or "").startswith("cuda") or (device is None and
+                                                     torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    try:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    except (RuntimeError, ValueError) as err:
+        raise SolverError(f"cannot start distributed training: {err}") from None
+    chosen = torch.device(device or (f"cuda:{local_rank}" if use_cuda else "cpu"))
+    return dist.get_rank(), dist.get_world_size(), chosen
