@@ -19,8 +19,7 @@ setup(
     python_requires=">=3.9",
     packages=[f"fcnwild.{p}" for p in SUBPACKAGES],
     package_dir={f"fcnwild.{p}": p for p in SUBPACKAGES},
-    package_data={"fcnwild.nets": ["caffe.proto"]},
-    data_files=[],
+    package_data={"fcnwild.nets": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"]},
     install_requires=[
         # torch is constrained to the CPU 2.13.0 wheel by constraints.txt in the
         # README commands; the open range here keeps other installs possible.
@@ -32,6 +31,9 @@ setup(
         "protobuf>=7.35.1,<8",
         "matplotlib>=3.5",
         "pillow>=9",
+        # Reads SYNTHIA's 16-bit RGB label PNGs (Pillow keeps only their high byte) and
+        # decodes PNGs faster, releasing the GIL so loader threads run in parallel.
+        "opencv-python-headless>=4.5",
         # Progress bars for training, evaluation and the demo.
         "tqdm>=4.60",
     ],

@@ -101,6 +101,7 @@ class Net(nn.Module):
         self.bottom_names: list[list[str]] = []
         self.top_names: list[list[str]] = []
         self._build(base_dir, allow_python)
+        self._built_loss = dict(self.loss_weights)
         self._decide_backward()
         self._share_params()
         self._layer_io: list[tuple[list[Tensor], tuple[Tensor, ...]] | None] = \
@@ -437,6 +438,26 @@ class Net(nn.Module):
         loss = self.forward_range(0, len(self.layers) - 1)
         self.backward_range(len(self.layers) - 1, 0)
         return loss
+
+    def set_loss_weights(self, weights: Mapping[str, float]) -> None:
+        """Replace the loss weights (e.g. per step of an alternating solver).
+
+        Only tops that carry a loss weight in the prototxt may be weighted here: the
+        need-backward analysis was made for those. Tops dropped from the loss get a
+        zero diff, so nothing stale seeds the next backward."""
+        unknown = [name for name, w in weights.items() if w and name not in self._built_loss]
+        if unknown:
+            raise NetError(f"cannot weight {unknown}: only tops with a loss weight in the net "
+                           f"definition can be ({sorted(self._built_loss)})", file=self.source)
+        for name in self.loss_weights:
+            if not weights.get(name):
+                self.blobs[name].grad = None
+        self.loss_weights = {name: float(w) for name, w in weights.items() if w}
+
+    @property
+    def loss_tops(self) -> list[str]:
+        """Tops with a loss weight in the net definition (whatever the current weights)."""
+        return list(self._built_loss)
 
     def clear_param_diffs(self) -> None:
         for entry in self.learnable_params:

@@ -1,0 +1,1 @@
+"""fcnwild.data."""

@@ -1,0 +1,86 @@
+"""Score a folder of saved label-id PNGs against a dataset split.
+
+Predictions from any framework are compared on equal terms: a file pairs with
+a sample when its path below the folder (without extension) has the sample's
+prediction key — for Cityscapes, as in the official evaluator, any
+``{city}_{seq}_{frame}*.png`` anywhere below the folder; for the other sets,
+the sample's relative name (``00001``, ``SYNTHIA-SEQS-01-FALL/000000``).
+Pairs are decoded and counted on a thread pool: OpenCV decodes and counts
+without holding the GIL.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fcnwild.data.base import SegmentationDataset, relative_name
+from fcnwild.data.evaluation import ConfusionMatrix, EvaluationResult, as_label_map, joint_histogram
+from fcnwild.data.images import read_label_png
+from fcnwild.data.labels import lut_from_mapping
+from fcnwild.nets.errors import DatasetError
+
+ENCODINGS = ("label_id", "train_id")
+
+
+def match_predictions(dataset: SegmentationDataset, pred_dir: str | Path) -> list[Path]:
+    """The prediction file of every sample, in dataset order; errors name what is missing or ambiguous."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DatasetError("prediction folder does not exist", file=pred_dir)
+    by_key: dict[str, Path] = {}
+    for path in sorted(pred_dir.rglob("*.png")):
+        key = dataset.prediction_key(relative_name(path, pred_dir))
+        if key in by_key:
+            raise DatasetError(f"two predictions for '{key}': {by_key[key]} and {path} "
+                               f"(colour and label-id PNGs in one tree? point at the labelIds folder)",
+                               file=pred_dir)
+        by_key[key] = path
+    matched, missing = [], []
+    for name in dataset.names():
+        path = by_key.get(dataset.prediction_key(name))
+        (matched if path is not None else missing).append(path if path is not None else name)
+    if missing:
+        raise DatasetError(f"no prediction for {len(missing)} of {len(dataset)} samples, e.g. "
+                           f"{', '.join(missing[:3])}; found {len(by_key)} PNGs", file=pred_dir)
+    return matched
+
+
+def _pair_histogram(dataset: SegmentationDataset, index: int, pred_path: Path) -> np.ndarray:
+    gt = dataset.label(index)
+    pred = read_label_png(pred_path)
+    if pred.shape != gt.shape:
+        raise DatasetError(f"prediction is {pred.shape[1]}x{pred.shape[0]} but the ground truth "
+                           f"{dataset.entries[index].label} is {gt.shape[1]}x{gt.shape[0]}", file=pred_path)
+    return joint_histogram(gt, as_label_map(pred))
+
+
+def score_predictions(dataset: SegmentationDataset, pred_dir: str | Path, *, encoding: str = "label_id",
+                      workers: int = 4, progress: bool = True) -> EvaluationResult:
+    """Per-class IoU of the PNGs in ``pred_dir`` (label ids of the dataset's label space, or
+    train ids with ``encoding="train_id"``) over the whole split."""
+    if encoding not in ENCODINGS:
+        raise DatasetError(f"prediction encoding '{encoding}': expected one of {', '.join(ENCODINGS)}")
+    if not dataset.labelled:
+        raise DatasetError(f"{dataset!r}: cannot score predictions without labels")
+    paths = match_predictions(dataset, pred_dir)
+    space = dataset.label_space
+    pred_lut = (space.id_lut() if encoding == "label_id"
+                else lut_from_mapping({k: k for k in range(space.num_classes)}))
+    joint = np.zeros((256, 256), dtype=np.int64)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = [pool.submit(_pair_histogram, dataset, i, p) for i, p in enumerate(paths)]
+        try:
+            for future in tqdm(as_completed(futures), total=len(futures), disable=not progress,
+                               desc="scoring", unit="image"):
+                joint += future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    confusion = ConfusionMatrix(space.num_classes)
+    confusion.add_joint(joint, pred_lut)
+    return EvaluationResult(space, confusion, len(dataset),
+                            title=f"{dataset.family} {dataset.split}: {len(dataset)} images, {pred_dir}")

@@ -1,0 +1,87 @@
+"""``fcnwild eval``: per-class IoU and 19/16/13-class means on a dataset split.
+
+Either runs a deploy net over the split (``--model/--weights``, tiled as
+fyu/dilation's test.py) or scores a folder of saved label-id PNGs from any
+framework (``--predictions DIR``), with the official Cityscapes arithmetic.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from fcnwild.data.base import SegmentationDataset
+from fcnwild.data.datasets import open_dataset
+from fcnwild.data.evaluation import EvaluationResult, PredictionWriter
+from fcnwild.data.inference import TiledPredictor, evaluate_net
+from fcnwild.data.labels import CITYSCAPES_MEAN_BGR
+from fcnwild.data.score_predictions import ENCODINGS, score_predictions
+from fcnwild.data.transforms import FRONT_END_MARGIN
+from fcnwild.nets.net import Net
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, metavar="SPEC",
+                        help="FAMILY:ROOT[?key=value&...], FAMILY one of cityscapes, gta5, synthia, "
+                             "synthia-seqs, bdd, folder (e.g. cityscapes:/data/cityscapes)")
+    parser.add_argument("--split", default=None, help="dataset split (e.g. val)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", metavar="DIR",
+                        help="score the label-id PNGs below DIR instead of running a model")
+    source.add_argument("--model", metavar="PROTOTXT", help="deploy net to run")
+    parser.add_argument("--weights", help="weights for --model (.caffemodel or .h5)")
+    parser.add_argument("--prediction-encoding", choices=ENCODINGS, default="label_id",
+                        help="what the pixel values of --predictions PNGs are (default: label ids, "
+                             "as the official evaluator expects)")
+    parser.add_argument("--save-predictions", metavar="DIR",
+                        help="with --model: write DIR/labelIds/*.png and DIR/color/*.png")
+    parser.add_argument("--mean", type=float, nargs=3, default=list(CITYSCAPES_MEAN_BGR), metavar=("B", "G", "R"),
+                        help="BGR mean subtracted from the images (default: the published Cityscapes mean)")
+    parser.add_argument("--margin", type=int, default=FRONT_END_MARGIN,
+                        help="context margin of the net per side (186 for the dilated front-end)")
+    parser.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
+    parser.add_argument("--output-blob", help="score blob to read (default: 'prob', else the last output)")
+    parser.add_argument("--device", default="cpu", help="torch device for --model (cpu, cuda, cuda:1)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="threads decoding and counting --predictions PNGs")
+    parser.add_argument("--json", metavar="FILE", help="write per-class IoU, the means and the confusion matrix")
+    parser.add_argument("--csv", metavar="FILE", help="write the table row as CSV")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model is not None and args.weights is None:
+        raise SystemExit("fcnwild eval: error: --model needs --weights")
+    if args.save_predictions and args.model is None:
+        raise SystemExit("fcnwild eval: error: --save-predictions needs --model")
+    dataset = open_dataset(args.dataset, args.split)
+    print(dataset, file=sys.stderr)
+    progress = not args.no_progress
+    if args.predictions is not None:
+        result: EvaluationResult | None = score_predictions(
+            dataset, args.predictions, encoding=args.prediction_encoding,
+            workers=args.workers, progress=progress)
+    else:
+        result = _evaluate_model(args, dataset, progress)
+    if result is None:
+        print(f"predictions written to {args.save_predictions} (the split has no labels to score)")
+        return 0
+    print(result.table())
+    if args.json:
+        result.write_json(args.json)
+    if args.csv:
+        result.write_csv(args.csv)
+    return 0
+
+
+def _evaluate_model(args: argparse.Namespace, dataset: SegmentationDataset,
+                    progress: bool) -> EvaluationResult | None:
+    net = Net(args.model, weights=args.weights, phase="TEST")
+    net.to(args.device)
+    predictor = TiledPredictor(net, args.mean, margin=args.margin, batch_size=args.batch_size,
+                               output_blob=args.output_blob)
+    writer = PredictionWriter(args.save_predictions, dataset.label_space) if args.save_predictions else None
+    with torch.no_grad():
+        return evaluate_net(predictor, dataset, writer=writer, progress=progress)
