@@ -12,7 +12,6 @@ from typing import Sequence
 import h5py
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from fcnwild.layers.base import TEST, Layer, LayerContext, Shape
@@ -114,9 +113,13 @@ class HDF5Data(_DataLayer):
     forward copies ``batch_size`` rows, moving to the next file at the end of
     one and wrapping around after the last. With ``shuffle`` the file order is
     permuted at start and at every wrap, and the rows of a file each time it is
-    loaded or its end is reached (torch's RNG stands in for Caffe's). In
-    data-parallel TRAIN runs (torch.distributed) rank r of n keeps rows
-    r, r + n, ... of the stream, as Caffe's solver ranks do.
+    loaded or its end is reached (torch's RNG stands in for Caffe's).
+
+    Data-parallel training: after ``set_shard(r, n)`` a TRAIN layer keeps rows
+    r, r + n, r + 2n, ... of the stream (Caffe's ``HDF5DataLayer::Skip``), so
+    the n ranks together read the n * batch_size rows one process would. Each
+    forward ends at the start of the next global batch, so every rank's
+    position is the same and a snapshot of rank 0's position resumes them all.
     """
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
@@ -126,6 +129,7 @@ class HDF5Data(_DataLayer):
         if p.batch_size == 0:
             raise self.error("hdf5_data_param.batch_size must be > 0")
         self.batch_size, self.shuffle = p.batch_size, p.shuffle
+        self.shard_rank, self.shard_count = 0, 1
         self.list_path = self._resolve(Path(p.source), self.ctx.base_dir, "HDF5 source list")
         try:
             names = self.list_path.read_text().split()
@@ -158,6 +162,10 @@ class HDF5Data(_DataLayer):
         self._load(self.files[int(self.file_order[0])])
 
     def _load(self, path: Path) -> None:
+        self.datasets = self._read(path)
+        self.row_order = self._permutation(self.datasets[0].shape[0])
+
+    def _read(self, path: Path) -> list[Tensor]:
         try:
             with h5py.File(path, "r") as h5:
                 datasets = []
@@ -184,16 +192,48 @@ class HDF5Data(_DataLayer):
                                        file=path, layer=self.name)
         if rows == 0:
             raise DatasetError("the datasets have no rows", file=path, layer=self.name)
-        self.datasets = datasets
-        self.row_order = self._permutation(rows)
+        return datasets
 
     def reshape(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         return [(self.batch_size,) + shape for shape in self.row_shapes]
 
+    def set_shard(self, rank: int, count: int) -> None:
+        """Read rank ``rank``'s share of ``count`` data-parallel ranks. TEST layers keep
+        every row: in Caffe only the root solver tests."""
+        if not 0 <= rank < count:
+            raise self.error(f"shard rank {rank} is not in [0, {count})")
+        if self.phase != TEST:
+            self.shard_rank, self.shard_count = rank, count
+
     def _skip(self) -> bool:
-        if self.phase == TEST or not (dist.is_available() and dist.is_initialized()):
-            return False
-        return self.offset % dist.get_world_size() != dist.get_rank()
+        return self.offset % self.shard_count != self.shard_rank
+
+    def state_dict_position(self) -> dict:
+        """Where the stream stands (JSON data): resuming here reads the same rows."""
+        return {"file_order": self.file_order.tolist(), "current_file": self.current_file,
+                "row_order": self.row_order.tolist(), "current_row": self.current_row,
+                "offset": self.offset}
+
+    def load_state_dict_position(self, position: dict) -> None:
+        """Continue from a position ``state_dict_position`` returned (same source list)."""
+        file_order, row_order = position["file_order"], position["row_order"]
+        current_file, current_row = position["current_file"], position["current_row"]
+        if sorted(file_order) != list(range(len(self.files))) or \
+                not 0 <= current_file < len(self.files):
+            raise DatasetError(f"the saved position is for a list of {len(file_order)} files; "
+                               f"this list names {len(self.files)}", file=self.list_path,
+                               layer=self.name)
+        path = self.files[int(file_order[current_file])]
+        datasets = self._read(path)
+        rows = datasets[0].shape[0]
+        if sorted(row_order) != list(range(rows)) or not 0 <= current_row < rows:
+            raise DatasetError(f"the saved position is for a file of {len(row_order)} rows; "
+                               f"this one has {rows}", file=path, layer=self.name)
+        self.datasets = datasets
+        self.file_order = torch.tensor(file_order, dtype=torch.int64)
+        self.row_order = torch.tensor(row_order, dtype=torch.int64)
+        self.current_file, self.current_row = current_file, current_row
+        self.offset = int(position["offset"])
 
     def _next(self) -> None:
         self.current_row += 1
@@ -218,5 +258,7 @@ class HDF5Data(_DataLayer):
             row = int(self.row_order[self.current_row])
             for j, data in enumerate(self.datasets):
                 rows[j].append(data[row])
+            self._next()
+        while self.offset % self.shard_count:     # past the other ranks' rows
             self._next()
         return tuple(self._like_net(torch.stack(r)) for r in rows)

@@ -140,9 +140,8 @@ def front_end_layers(arch: FrontEnd, phase: int, bottom: str = "data"
             layers.append(_layer(f"relu{block}_{i}", "ReLU", name, name))
             current = name
         if block <= arch.pooled_blocks:
-            pool = caffe_pb2.PoolingParameter(pool=caffe_pb2.PoolingParameter.MAX)
-            pool.kernel_size.append(2)
-            pool.stride.append(2)
+            pool = caffe_pb2.PoolingParameter(pool=caffe_pb2.PoolingParameter.MAX,
+                                              kernel_size=2, stride=2)
             layers.append(_layer(f"pool{block}", "Pooling", current, f"pool{block}",
                                  pooling_param=pool))
             current = f"pool{block}"

@@ -155,9 +155,20 @@ def _read_h5(path: Path) -> SolverStateFile:
                 raise SolverError(f"HDF5 solver state history lacks dataset '{i}'", file=path)
             dataset = group[str(i)]
 
-            def read(out: np.ndarray, dataset=dataset) -> None:
-                out[:] = np.asarray(dataset[()], dtype=np.float32).reshape(-1)
+            def read(out: np.ndarray, dataset=dataset, i=i) -> None:
+                try:
+                    out[:] = np.asarray(dataset[()], dtype=np.float32).reshape(-1)
+                except (OSError, RuntimeError, ValueError, TypeError) as err:
+                    raise SolverError(f"cannot read history blob {i} ({err})",
+                                      file=path) from None
             state.history.append(StoredBlob(tuple(int(d) for d in dataset.shape), False, read))
+    except SolverError:
+        state.close()
+        raise
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError) as err:
+        # h5py reports a damaged file's internals as any of these
+        state.close()
+        raise SolverError(f"corrupted HDF5 solver state ({err})", file=path) from None
     except BaseException:
         state.close()
         raise

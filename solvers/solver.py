@@ -7,6 +7,11 @@ processes]; learning rate from the policy at the current iteration; clip the
 global L2 norm of all diffs; normalise by ``iter_size``; add weight decay
 (L2 or L1, ``weight_decay * decay_mult``); turn diffs into updates with the
 update rule and ``lr_mult``; subtract; ``iter += 1``; snapshot when due.
+
+Data-parallel runs (``rank``/``world_size``, torch.distributed already set up)
+follow Caffe's multi-GPU solver: rank 0's weights are broadcast before the first
+step, every rank reads its own shard of each batch, diffs are averaged, only
+rank 0 tests, logs and writes snapshots (which hold every rank's RNG state).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import numpy as np
 import torch
 
 from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import DivergenceError, SolverError
+from fcnwild.nets.errors import DivergenceError, FcnwildError, SolverError, WeightsError
 from fcnwild.nets.net import Net
 from fcnwild.nets.prototxt import read_net_param, read_solver_param
 from fcnwild.nets.upgrade import upgrade_net
@@ -70,11 +75,11 @@ class Solver:
         self.smoothed_loss = 0.0
         self.hooks: list[IterationHook] = []
         self.last_snapshot: tuple[Path, Path] | None = None
+        self._params_synced = world_size == 1
         if world_size > 1:
-            for net in (self.net,):
-                for layer in net.layers:
-                    if hasattr(layer, "set_shard"):
-                        layer.set_shard(rank, world_size)
+            for layer in self.net.layers:
+                if hasattr(layer, "set_shard"):
+                    layer.set_shard(rank, world_size)
 
     # ------------------------------------------------------------------ construction
     def _validate(self) -> None:
@@ -131,7 +136,9 @@ class Solver:
         n_specific = len(sources)
         if generic:
             if len(p.test_iter) < n_specific:
-                raise SolverError("test_iter must be given for each test net", file=self.file)
+                raise SolverError(f"test_iter is given {len(p.test_iter)} times for "
+                                  f"{n_specific} test nets; give it once per test net",
+                                  file=self.file)
             sources += [p.net_param if p.HasField("net_param") else p.net] * \
                 (len(p.test_iter) - n_specific)
         elif len(p.test_iter) != n_specific:
@@ -179,35 +186,43 @@ class Solver:
                 loss = self.net.forward_range(0, len(self.net.layers) - 1)
             self._update_smoothed_loss(loss, start_iter)
             log.info("Iteration %d, loss = %g", self.iter, self.smoothed_loss)
-        if p.test_interval and self.iter % p.test_interval == 0:
+        if p.test_interval and self.iter % p.test_interval == 0 and self.rank == 0:
             self.test_all()
 
     def step(self, iters: int) -> None:
+        if not self._params_synced:
+            self._broadcast_params()
         start_iter = self.iter
         stop_iter = self.iter + iters
         self.losses, self.smoothed_loss = [], 0.0
         p = self.param
-        timer = time.perf_counter()
+        timer, timed_from = time.perf_counter(), self.iter
         while self.iter < stop_iter:
             if p.test_interval and self.iter % p.test_interval == 0 and \
-                    (self.iter > 0 or p.test_initialization):
+                    (self.iter > 0 or p.test_initialization) and self.rank == 0:
                 self.test_all()
             display = p.display and self.iter % p.display == 0
-            loss = self.forward_backward()
+            loss = self.train_iteration()
             self._update_smoothed_loss(loss, start_iter)
             if display:
                 elapsed = time.perf_counter() - timer
+                # Caffe's rate: iterations finished since the last display line.
                 log.info("Iteration %d (%.3g iter/s, %.3gs/%d iters), loss = %g", self.iter,
-                         p.display / elapsed if elapsed else 0.0, elapsed, p.display,
+                         (self.iter - timed_from) / (elapsed or 1.0), elapsed, p.display,
                          self.smoothed_loss)
                 self._log_outputs(self.net, "Train")
-                timer = time.perf_counter()
-            self.apply_update()
+                timer, timed_from = time.perf_counter(), self.iter
             self.iter += 1
-            if p.snapshot and self.iter % p.snapshot == 0 and self.rank == 0:
+            if p.snapshot and self.iter % p.snapshot == 0:
                 self.snapshot()
             for hook in self.hooks:
                 hook(self, loss)
+
+    def train_iteration(self) -> float:
+        """One iteration's gradient and update (before ``iter`` advances); its loss."""
+        loss = self.forward_backward()
+        self.apply_update()
+        return loss
 
     def forward_backward(self) -> float:
         """Clear diffs, run iter_size passes, reduce across processes; the mean loss."""
@@ -222,6 +237,15 @@ class Solver:
             self._diverged(f"the loss is {loss}")
         return loss
 
+    def _broadcast_params(self) -> None:
+        """Caffe's NCCL::Broadcast: every rank starts from rank 0's weights (the other
+        ranks' fillers drew from other seeds)."""
+        import torch.distributed as dist
+        with torch.no_grad():
+            for entry in self.net.learnable_params:
+                dist.broadcast(entry.tensor.data, src=0)
+        self._params_synced = True
+
     def _all_reduce_diffs(self, loss: float) -> float:
         """Caffe's multi-GPU semantics: diffs averaged over ranks before the update."""
         import torch.distributed as dist
@@ -229,19 +253,20 @@ class Solver:
             grad = _diff(entry.tensor)
             dist.all_reduce(grad)
             grad.div_(self.world_size)
-        value = torch.tensor([loss], dtype=torch.float64,
-                             device=self.net.learnable_params[0].tensor.device
-                             if self.net.learnable_params else "cpu")
+        value = torch.tensor([loss], dtype=torch.float64, device=_net_device(self.net))
         dist.all_reduce(value)
         return float(value.item()) / self.world_size
 
-    def apply_update(self) -> None:
+    def apply_update(self, indices: Sequence[int] | None = None, rate_mult: float = 1.0) -> None:
+        """Update the learnable params ``indices`` (default: all) from their diffs."""
         p = self.param
-        rate = self.lr.rate(self.iter)
-        params = self.net.learnable_params
+        rate = self.lr.rate(self.iter) * rate_mult
+        if indices is None:
+            indices = range(len(self.net.learnable_params))
+        params = [self.net.learnable_params[i] for i in indices]
         diffs = [_diff(entry.tensor) for entry in params]
         self._clip_gradients(diffs)
-        for i, (entry, diff) in enumerate(zip(params, diffs)):
+        for i, entry, diff in zip(indices, params, diffs):
             data = entry.tensor.detach()
             if p.iter_size > 1:
                 diff.mul_(1.0 / p.iter_size)
@@ -284,10 +309,16 @@ class Solver:
     def _diverged(self, what: str) -> None:
         """Stop with the last good weights saved (the update was not applied yet)."""
         culprit = _first_non_finite(self.net)
-        saved = ""
-        if self.rank == 0 and _params_finite(self.net):
-            model, state = self.snapshot()
-            saved = f"; the last good state was saved as {model} and {state}"
+        if _params_finite(self.net):
+            try:
+                model, state = self.snapshot()
+                saved = f"; the last good state was saved as {model} and {state}"
+            except SolverError as err:
+                saved = f"; saving the last good state failed ({err})"
+        else:
+            last = f" (the last snapshot is {self.last_snapshot[1]})" if self.last_snapshot \
+                else ""
+            saved = f"; the weights are no longer finite, so no snapshot was written{last}"
         raise DivergenceError(f"training diverged: {what}{culprit}{saved}",
                               iteration=self.iter, file=self.file)
 
@@ -325,16 +356,21 @@ class Solver:
         return path if path.is_absolute() or self.file is None else self.root / path
 
     def snapshot(self) -> tuple[Path, Path]:
-        """Write ``<prefix>_iter_N.caffemodel[.h5]`` then the solver state (both atomic)."""
+        """Write ``<prefix>_iter_N.caffemodel[.h5]`` then the solver state (both atomic).
+
+        Every rank must call it (it gathers the ranks' RNG states); rank 0 writes."""
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
         model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
         state = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
-        model.parent.mkdir(parents=True, exist_ok=True)
+        resume_state = self._resume_state()
+        if self.rank != 0:
+            return model, state
         try:
+            model.parent.mkdir(parents=True, exist_ok=True)
             self.net.save(model)
             write_solverstate(state, self.iter, model.name, self.lr.current_step,
                               [h.detach().cpu().numpy() for h in self.rule.history],
-                              self._resume_state())
+                              resume_state)
         except OSError as err:
             raise SolverError(f"cannot write snapshot {model.name}: {err.strerror or err}; "
                               "earlier snapshots are untouched", file=err.filename or model,
@@ -344,16 +380,28 @@ class Solver:
         return model, state
 
     def _resume_state(self) -> str:
-        """What Caffe does not snapshot but bit-identical resume needs (JSON)."""
-        layers = {layer.name: layer.state_dict_position() for layer in self.net.layers
-                  if hasattr(layer, "state_dict_position")}
-        rng = torch.get_rng_state().numpy().tobytes()
-        return json.dumps({"torch_rng_state": base64.b64encode(rng).decode("ascii"),
-                           "data_positions": layers, "smoothed_loss": self.smoothed_loss})
+        """What Caffe does not snapshot but a bit-identical resume needs (JSON): every
+        rank's RNG states and the data layers' positions (the same on every rank)."""
+        rng = [self._rng_state()]
+        if self.world_size > 1:
+            import torch.distributed as dist
+            rng = [None] * self.world_size
+            dist.all_gather_object(rng, self._rng_state())
+        return json.dumps({"rng": rng, "data_positions": {
+            "train": _data_positions(self.net),
+            "test": [_data_positions(net) for net in self.test_nets]}})
+
+    def _rng_state(self) -> dict:
+        state = {"torch": _b64(torch.get_rng_state()), "numpy": _numpy_rng_state()}
+        device = _net_device(self.net)
+        if device.type == "cuda":
+            state["cuda"] = _b64(torch.cuda.get_rng_state(device))
+        return state
 
     def restore(self, path: PathLike) -> None:
         """Solver::Restore: iteration, lr-policy step, weights (learned_net) and history."""
         path = Path(path)
+        log.info("Restoring previous solver status from %s", path)
         with read_solverstate(path) as state:
             if len(state.history) != len(self.rule.history):
                 raise SolverError(
@@ -365,8 +413,12 @@ class Solver:
                     raise SolverError(f"history blob {i} has shape {stored.shape}, the net's "
                                       f"param has {tuple(target.shape)}: the snapshot is from "
                                       "another net", file=path)
-                with torch.no_grad():
-                    target.copy_(torch.from_numpy(stored.load()).reshape(target.shape))
+            try:
+                for stored, target in zip(state.history, self.rule.history):
+                    with torch.no_grad():
+                        target.copy_(torch.from_numpy(stored.load()).reshape(target.shape))
+            except WeightsError as err:
+                raise SolverError(f"corrupted solver state: {err.detail}", file=path) from None
             if state.learned_net:
                 learned = Path(state.learned_net)
                 if not learned.is_absolute():
@@ -377,19 +429,30 @@ class Solver:
             self.lr.current_step = state.current_step
             if state.resume_state:
                 self._apply_resume_state(state.resume_state, path)
+        self._params_synced = self.world_size == 1
 
     def _apply_resume_state(self, text: str, path: Path) -> None:
+        """Data positions, then this rank's RNG states (a rank the snapshot did not
+        have keeps its seeded RNG)."""
         try:
             extra = json.loads(text)
-            rng = np.frombuffer(base64.b64decode(extra["torch_rng_state"]), dtype=np.uint8)
-            torch.set_rng_state(torch.from_numpy(rng.copy()))
-            for name, position in extra.get("data_positions", {}).items():
-                layer = self.net.layer_dict.get(name)
-                if layer is not None and hasattr(layer, "load_state_dict_position"):
-                    layer.load_state_dict_position(position)
-        except (ValueError, KeyError, TypeError, RuntimeError) as err:
-            raise SolverError(f"the snapshot's fcnwild resume state is damaged ({err})",
+            positions = extra["data_positions"]
+            _load_data_positions(self.net, positions["train"])
+            for net, saved in zip(self.test_nets, positions["test"]):
+                _load_data_positions(net, saved)
+            if self.rank < len(extra["rng"]):
+                rng = extra["rng"][self.rank]
+                torch.set_rng_state(_from_b64(rng["torch"]))
+                np.random.set_state(tuple(rng["numpy"]))
+                device = _net_device(self.net)
+                if device.type == "cuda" and "cuda" in rng:
+                    torch.cuda.set_rng_state(_from_b64(rng["cuda"]), device)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+            raise SolverError(f"the snapshot's fcnwild resume state is damaged ({err!r})",
                               file=path) from None
+        except FcnwildError as err:
+            raise SolverError(f"the snapshot's data position does not fit this net: "
+                              f"{err}", file=path) from None
 
 
 def mean_outputs(net: Net, iterations: int) -> tuple[dict[str, np.ndarray], float]:
@@ -403,6 +466,36 @@ def mean_outputs(net: Net, iterations: int) -> tuple[dict[str, np.ndarray], floa
                 value = net.blobs[name].data.astype(np.float64)
                 sums[name] = sums[name] + value if name in sums else value.copy()
     return {name: total / iterations for name, total in sums.items()}, loss / max(iterations, 1)
+
+
+def _net_device(net: Net) -> torch.device:
+    params = net.learnable_params
+    return params[0].tensor.device if params else torch.device("cpu")
+
+
+def _data_positions(net: Net) -> dict:
+    return {layer.name: layer.state_dict_position() for layer in net.layers
+            if hasattr(layer, "state_dict_position")}
+
+
+def _load_data_positions(net: Net, positions: dict) -> None:
+    for name, position in positions.items():
+        layer = net.layer_dict.get(name)
+        if layer is not None and hasattr(layer, "load_state_dict_position"):
+            layer.load_state_dict_position(position)
+
+
+def _b64(state: torch.Tensor) -> str:
+    return base64.b64encode(state.numpy().tobytes()).decode("ascii")
+
+
+def _from_b64(text: str) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype=np.uint8).copy())
+
+
+def _numpy_rng_state() -> list:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
 
 
 def _diff(param: torch.nn.Parameter) -> torch.Tensor:

@@ -12,7 +12,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 def setup_logging(level: int = logging.INFO) -> None:
     logger = logging.getLogger("fcnwild")
-    if not logger.handlers:
+    # Where the program already configured logging (torchrun's workers, pytest), the
+    # records reach its handlers; a second handler here would print every line twice.
+    if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
@@ -23,8 +25,13 @@ def setup_logging(level: int = logging.INFO) -> None:
 def iteration_progress(solver, disable: bool = False, desc: str = "train") -> Iterator[None]:
     """A bar over the solver's iterations showing the smoothed loss."""
     total = solver.param.max_iter
-    with logging_redirect_tqdm(), tqdm(total=total, initial=solver.iter, desc=desc,
-                                       unit="it", disable=disable, dynamic_ncols=True) as bar:
+    # Log lines go above the bar through setup_logging's handler; redirecting the root
+    # logger instead would add a second handler that prints every line again.
+    logger = logging.getLogger("fcnwild")
+    redirect = logging_redirect_tqdm([logger]) if logger.handlers and not disable else \
+        contextlib.nullcontext()
+    with redirect, tqdm(total=total, initial=solver.iter, desc=desc, unit="it",
+                        disable=disable, dynamic_ncols=True) as bar:
         def advance(s, loss: float) -> None:
             bar.n = s.iter
             bar.set_postfix(loss=f"{s.smoothed_loss:.4g}", refresh=False)

@@ -14,7 +14,7 @@ import os
 import torch
 
 from fcnwild.nets.errors import SolverError
-from fcnwild.solvers.solver import Solver
+from fcnwild.solvers import create_solver
 from fcnwild.tools.progress import iteration_progress, setup_logging
 
 
@@ -33,14 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging()
     rank, world, device = _distributed_setup(args.device)
+    # Caffe logs from the root solver only; other ranks report warnings and errors.
+    setup_logging(logging.INFO if rank == 0 else logging.WARNING)
     try:
-        solver = Solver(args.solver, allow_python=args.allow_python, rank=rank,
+        solver = create_solver(args.solver, allow_python=args.allow_python, rank=rank,
                         world_size=world, device=device)
         if args.weights:
+            # Caffe's CopyLayers: into the train net and every test net (layers only a
+            # test net has keep their own params).
             for path in args.weights.split(","):
-                solver.net.copy_from(path)
+                for net in [solver.net, *solver.test_nets]:
+                    net.copy_from(path)
         with iteration_progress(solver, disable=args.quiet or rank != 0):
             solver.solve(resume=args.snapshot)
         if rank == 0 and solver.last_snapshot:

@@ -1,0 +1,144 @@
+"""The nets and solvers of the paper's experiments, written to prototxt/ from nets/frontend.py.
+
+Regenerate with ``python -m fcnwild.nets.paper_configs prototxt`` (a test
+checks the committed files are current). Dataset roots come from environment
+variables (``${GTA5_ROOT}``, ``${CITYSCAPES_ROOT}``, ...), expanded by the
+SegmentationData layer, so the files run unchanged on any machine.
+
+Training settings follow fyu/dilation's front-end defaults (SGD, lr 1e-4,
+momentum 0.9, weight decay 5e-4, crop 500, 14 images per update as batch 1 x
+iter_size 14); the adaptation stages fine-tune from the previous stage at lr 1e-5
+with 7 source + 7 target images per update.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fcnwild.nets import caffe_pb2
+from fcnwild.nets.frontend import ARCHITECTURES, DataSpec, FrontEnd, SolverSettings, \
+    adaptation_net, deploy_net, solver_param, to_text, train_net
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """One source -> target experiment of the paper."""
+    folder: str
+    title: str
+    source: DataSpec
+    target: DataSpec
+    evaluation: DataSpec
+    num_classes: int = 19
+
+
+def _data(source: str, split: str = "train", *options: str) -> DataSpec:
+    return DataSpec(source=source, split=split, options=options)
+
+
+def _evaluation(spec: DataSpec) -> DataSpec:
+    return replace(spec, mirror=False, random_crop=False, shuffle=False)
+
+
+CITYSCAPES = "cityscapes:${CITYSCAPES_ROOT}"
+EXPERIMENTS = (
+    Adaptation("gta5_to_cityscapes", "GTA5 -> Cityscapes",
+               _data("gta5:${GTA5_ROOT}", "all"), _data(CITYSCAPES, "train"),
+               _evaluation(_data(CITYSCAPES, "val"))),
+    Adaptation("synthia_to_cityscapes", "SYNTHIA-RAND-CITYSCAPES -> Cityscapes",
+               _data("synthia:${SYNTHIA_RAND_ROOT}", "all"), _data(CITYSCAPES, "train"),
+               _evaluation(_data(CITYSCAPES, "val"))),
+    Adaptation("cityscapes_cross_city", "Cityscapes train -> val (cross-city)",
+               _data(CITYSCAPES, "train"), _data(CITYSCAPES, "val"),
+               _evaluation(_data(CITYSCAPES, "val"))),
+    Adaptation("synthia_seasons", "SYNTHIA-SEQS summer -> winter (13 classes)",
+               _data("synthia-seqs:${SYNTHIA_SEQS_ROOT}", "all", "season=summer"),
+               _data("synthia-seqs:${SYNTHIA_SEQS_ROOT}", "all", "season=winter"),
+               _evaluation(_data("synthia-seqs:${SYNTHIA_SEQS_ROOT}", "all", "season=winter")),
+               num_classes=13),
+    Adaptation("cityscapes_to_bdd", "Cityscapes -> BDDS",
+               _data(CITYSCAPES, "train"), _data("bdd:${BDD_ROOT}", "train"),
+               _evaluation(_data("bdd:${BDD_ROOT}", "val"))),
+)
+
+SOURCE_ONLY = SolverSettings(base_lr=1e-4, iter_size=14, max_iter=40000, snapshot=4000)
+ADAPTATION = SolverSettings(base_lr=1e-5, iter_size=7, max_iter=20000, snapshot=2000)
+STAGES = ("source_only", "ga", "ga_ca")
+
+
+def experiment_files(experiment: Adaptation, arch: FrontEnd
+                     ) -> list[tuple[str, caffe_pb2.Message, str]]:
+    """(relative path, message, header) for one experiment's nets and solvers."""
+    arch = replace(arch, num_classes=experiment.num_classes)
+    folder, title = experiment.folder, experiment.title
+    files = [
+        (f"{folder}/source_only_net.prototxt",
+         train_net(arch, f"{folder}_source_only", experiment.source),
+         f"{title}: source-only training of the dilated front-end."),
+        (f"{folder}/test_net.prototxt",
+         train_net(arch, f"{folder}_test", experiment.evaluation, caffe_pb2.TEST),
+         f"{title}: scoring on the labelled target split (evaluation only)."),
+        (f"{folder}/source_only_solver.prototxt",
+         solver_param("source_only_net.prototxt", "snapshots/source_only", SOURCE_ONLY),
+         f"{title}: source-only solver; initialise from VGG-16 with `fcnwild surgery`."),
+    ]
+    for stage, category in (("ga", False), ("ga_ca", True)):
+        what = "global alignment" if not category else "global + category-specific alignment"
+        files.append((f"{folder}/{stage}_net.prototxt",
+                      adaptation_net(arch, f"{folder}_{stage}", experiment.source,
+                                     experiment.target, category=category),
+                      f"{title}: {what} (one shared network over [source; target])." +
+                      ("\nclass_stats.json: `fcnwild stats` on the source dataset." if category
+                       else "")))
+        files.append((f"{folder}/{stage}_solver.prototxt",
+                      solver_param(f"{stage}_net.prototxt", f"snapshots/{stage}", ADAPTATION,
+                                   adversarial=arch, category=category),
+                      f"{title}: alternating solver for {what}; initialise from the previous "
+                      "stage's snapshot (fcnwild train --weights)."))
+    return files
+
+
+def all_files() -> list[tuple[str, caffe_pb2.Message, str]]:
+    arch = ARCHITECTURES["frontend"]
+    cityscapes = EXPERIMENTS[0].target
+    files = [
+        ("frontend/deploy.prototxt", deploy_net(arch, "frontend_cityscapes"),
+         "The dilated VGG-16 front-end (Yu & Koltun), 19 Cityscapes classes, deploy.\n"
+         "Output: class probabilities at 1/8 resolution, (input - 372) / 8 per side."),
+        ("frontend/train_net.prototxt", train_net(arch, "frontend_cityscapes", cityscapes),
+         "The front-end trained on Cityscapes train, crop 500, bilinear x8 upsampling."),
+        ("frontend/test_net.prototxt",
+         train_net(arch, "frontend_cityscapes_test", _evaluation(_data(CITYSCAPES, "val")),
+                   caffe_pb2.TEST), "The front-end scored on Cityscapes val."),
+        ("frontend/solver.prototxt", _with_test(solver_param(
+            "train_net.prototxt", "snapshots/frontend", SOURCE_ONLY)),
+         "fyu/dilation's front-end training defaults."),
+    ]
+    for experiment in EXPERIMENTS:
+        files += experiment_files(experiment, arch)
+    return files
+
+
+def _with_test(param: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParameter:
+    param.test_net.append("test_net.prototxt")
+    param.test_iter.append(500)
+    param.test_interval = 4000
+    param.test_initialization = False
+    return param
+
+
+def write_all(root: Path) -> list[Path]:
+    written = []
+    for relative, message, header in all_files():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = to_text(message, header + "\nWritten by `python -m fcnwild.nets.paper_configs "
+                       "prototxt`; edit nets/frontend.py or nets/paper_configs.py instead.")
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for written_path in write_all(Path(sys.argv[1] if len(sys.argv) > 1 else "prototxt")):
+        print(written_path)
