@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 import torch.utils.data
 
-from fcnwild.data.images import apply_lut, read_image_rgb, read_label_png
-from fcnwild.data.labels import LabelSpace
+from fcnwild.data.images import apply_lut, id_counts, read_image_rgb, read_label_png
+from fcnwild.data.labels import LabelSpace, describe_ids
 from fcnwild.nets.errors import DatasetError
+
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -38,12 +40,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
     family = "dataset"
 
     def __init__(self, root: str | Path, split: str | None, entries: Sequence[Entry],
-                 space: LabelSpace, id_lut: np.ndarray | None) -> None:
+                 space: LabelSpace, id_lut: np.ndarray | None,
+                 declared_ids: Sequence[int] | None = None) -> None:
+        """``declared_ids``: every value the family's label files may hold (mapped to a
+        class or ignored); a label holding another value is refused, naming the file."""
         self.root = Path(root)
         self.split = split
         self.entries = list(entries)
         self.label_space = space
         self.id_lut = id_lut
+        self.declared_ids = None if declared_ids is None else tuple(sorted(declared_ids))
         if not self.entries:
             raise DatasetError(f"{self.family} split '{split}' holds no images", file=self.root)
 
@@ -63,9 +69,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return None
         ids = self.read_label_ids(path)
         try:
+            self._check_declared(ids)
             return apply_lut(ids, self.id_lut)
         except DatasetError as err:
             raise DatasetError(err.detail, file=path) from None
+
+    def _check_declared(self, ids: np.ndarray) -> None:
+        if self.declared_ids is None:
+            return
+        present = np.flatnonzero(id_counts(ids))
+        stray = present[~np.isin(present, self.declared_ids)]
+        if stray.size:
+            raise DatasetError(f"label holds ids {describe_ids(stray.tolist())}, outside the "
+                               f"{self.family} label ids ({describe_ids(self.declared_ids)})")
 
     def read_label_ids(self, path: Path) -> np.ndarray:
         return read_label_png(path)
@@ -85,6 +101,38 @@ class SegmentationDataset(torch.utils.data.Dataset):
         labelled = sum(e.label is not None for e in self.entries)
         return (f"{self.family} split '{self.split}' at {self.root}: {len(self)} images, "
                 f"{labelled} labels, label space {self.label_space.name}")
+
+
+class SkippedSamples:
+    """The samples a pass over a dataset leaves out, with why: an unreadable or truncated
+    image or label, or label ids outside the label space. With ``strict`` the first such
+    sample raises its DatasetError instead."""
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self.errors: list[DatasetError] = []
+
+    def read(self, read: Callable[[], T]) -> T | None:
+        """``read()``, or None (recorded) when it raises a DatasetError and not strict."""
+        try:
+            return read()
+        except DatasetError as err:
+            if self.strict:
+                raise
+            self.errors.append(err)   # list.append is atomic: reader threads may share this
+            return None
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    def messages(self) -> list[str]:
+        return [str(err) for err in self.errors]
+
+
+def skipped_report(messages: Sequence[str]) -> str:
+    """What a command prints about the samples it left out: the count, then one line each."""
+    lines = [f"skipped {len(messages)} sample(s) (pass --strict to stop at the first instead):"]
+    return "\n".join(lines + [f"  {message}" for message in messages])
 
 
 def find_files(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES, pattern: str = "*") -> list[Path]:

@@ -18,12 +18,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from fcnwild.data.base import Entry, SegmentationDataset, find_files, relative_name, require_dir
-from fcnwild.data.labels import CITYSCAPES_ID_TO_TRAIN, CITYSCAPES_NAMES, cityscapes_space_lut, get_label_space
+from fcnwild.data.labels import (CITYSCAPES_ID_TO_TRAIN, CITYSCAPES_LABEL_IDS, CITYSCAPES_NAMES, IGNORE,
+                                 cityscapes_space_lut, get_label_space)
 from fcnwild.nets.errors import DatasetError
 
 _ENCODINGS = {
     "train_id": {k: k for k in range(len(CITYSCAPES_NAMES))},
     "label_id": CITYSCAPES_ID_TO_TRAIN,
+}
+# What each encoding's PNGs may hold: trainIds 0..18 and 255 (ignore), or label ids.
+_DECLARED = {
+    "train_id": (*range(len(CITYSCAPES_NAMES)), IGNORE),
+    "label_id": CITYSCAPES_LABEL_IDS,
 }
 
 
@@ -55,7 +61,8 @@ class BDDDataset(SegmentationDataset):
                 f"(NAME_train_id.png or NAME.png), e.g. "
                 f"{', '.join(str(m.relative_to(root)) for m in missing[:3])}", file=root)
         space = get_label_space(label_space)
-        super().__init__(root, split, entries, space, cityscapes_space_lut(space, _ENCODINGS[label_encoding]))
+        super().__init__(root, split, entries, space, cityscapes_space_lut(space, _ENCODINGS[label_encoding]),
+                         _DECLARED[label_encoding])
 
 
 class ImageFolderDataset(SegmentationDataset):

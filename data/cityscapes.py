@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fcnwild.data.base import Entry, SegmentationDataset, find_files, parse_flag, relative_name, require_dir, split_list
-from fcnwild.data.labels import CITYSCAPES_ID_TO_TRAIN, cityscapes_space_lut, get_label_space
+from fcnwild.data.labels import CITYSCAPES_ID_TO_TRAIN, CITYSCAPES_LABEL_IDS, cityscapes_space_lut, get_label_space
 from fcnwild.nets.errors import DatasetError
 
 IMAGE_SUFFIX = "_leftImg8bit"
@@ -64,7 +64,8 @@ class CityscapesDataset(SegmentationDataset):
                 f"{', '.join(str(m.relative_to(root)) for m in missing[:3])}; matched "
                 f"{len(images) - len(missing)} image/label pairs", file=root)
         space = get_label_space(label_space)
-        super().__init__(root, split, entries, space, cityscapes_space_lut(space, CITYSCAPES_ID_TO_TRAIN))
+        super().__init__(root, split, entries, space, cityscapes_space_lut(space, CITYSCAPES_ID_TO_TRAIN),
+                         CITYSCAPES_LABEL_IDS)
 
     def prediction_key(self, name: str) -> str:
         return frame_key(name)

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fcnwild.data.base import SegmentationDataset
+from fcnwild.data.base import SegmentationDataset, SkippedSamples
 from fcnwild.nets.errors import DatasetError
 
 FORMAT = "fcnwild-class-stats"
@@ -46,6 +46,7 @@ class ClassStats:
     image_counts: np.ndarray
     num_images: int
     delta_clipped: tuple[str, ...] = field(default=())
+    skipped: tuple[str, ...] = field(default=())     # left-out samples: file and reason
 
     @property
     def num_classes(self) -> int:
@@ -58,6 +59,7 @@ class ClassStats:
             "class_names": list(self.class_names), "num_images": self.num_images,
             "alpha": self.alpha.tolist(), "delta": self.delta.tolist(), "gamma": self.gamma.tolist(),
             "image_counts": self.image_counts.tolist(), "delta_clipped": list(self.delta_clipped),
+            "skipped": list(self.skipped),
         }
 
     def table(self) -> str:
@@ -76,16 +78,28 @@ def image_class_fractions(label: np.ndarray, num_classes: int) -> np.ndarray:
     return counts / labelled if labelled else counts
 
 
-def compute_class_stats(dataset: SegmentationDataset, *, workers: int = 4, progress: bool = True) -> ClassStats:
-    """alpha, delta, gamma per class of the dataset's label space, over all its labelled images."""
+def compute_class_stats(dataset: SegmentationDataset, *, workers: int = 4, progress: bool = True,
+                        strict: bool = False) -> ClassStats:
+    """alpha, delta, gamma per class of the dataset's label space, over all its labelled images.
+
+    A label that cannot be used (unreadable, truncated, ids outside the label space) is
+    left out and listed in ``skipped``, or, with ``strict``, stops with its DatasetError."""
     if not dataset.labelled:
         raise DatasetError(f"{dataset!r}: class statistics need labels on every image")
     space = dataset.label_space
     k = space.num_classes
+    skipped = SkippedSamples(strict)
+
+    def fractions_of(index: int) -> np.ndarray | None:
+        label = skipped.read(lambda: dataset.label(index))
+        return None if label is None else image_class_fractions(label, k)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        fractions = np.stack(list(tqdm(
-            pool.map(lambda i: image_class_fractions(dataset.label(i), k), range(len(dataset))),
-            total=len(dataset), disable=not progress, desc="class sizes", unit="image")))
+        read = [row for row in tqdm(pool.map(fractions_of, range(len(dataset))), total=len(dataset),
+                                    disable=not progress, desc="class sizes", unit="image")
+                if row is not None]
+    if not read:
+        raise DatasetError(f"{dataset!r}: no usable label, e.g. {skipped.messages()[0]}")
+    fractions = np.stack(read)
     alpha, delta, gamma = np.zeros(k), np.zeros(k), np.zeros(k)
     counts = np.zeros(k, dtype=np.int64)
     for c in range(k):
@@ -99,7 +113,8 @@ def compute_class_stats(dataset: SegmentationDataset, *, workers: int = 4, progr
     if moved:
         warnings.warn(f"mean class size outside [10th, 90th percentile] for {', '.join(moved)}; "
                       f"delta clipped to the nearer bound", stacklevel=2)
-    return ClassStats(space.class_names, space.name, alpha, clipped, gamma, counts, len(dataset), moved)
+    return ClassStats(space.class_names, space.name, alpha, clipped, gamma, counts, len(read), moved,
+                      tuple(skipped.messages()))
 
 
 def save_class_stats(stats: ClassStats, path: str | Path) -> None:

@@ -16,6 +16,7 @@ from fcnwild.data.base import SegmentationDataset
 from fcnwild.data.bdd import BDDDataset, ImageFolderDataset
 from fcnwild.data.cityscapes import CityscapesDataset
 from fcnwild.data.gta5 import GTA5Dataset
+from fcnwild.data.synthetic import synthetic_dataset
 from fcnwild.data.synthia import SynthiaRandDataset, SynthiaSeqsDataset
 from fcnwild.nets.errors import DatasetError
 
@@ -74,5 +75,6 @@ for _family, _factory in {
     "synthia-seqs": SynthiaSeqsDataset,
     "bdd": BDDDataset,
     "folder": ImageFolderDataset,
+    "synthetic": synthetic_dataset,
 }.items():
     register_dataset(_family, _factory)

@@ -109,6 +109,7 @@ class EvaluationResult:
     confusion: ConfusionMatrix
     num_images: int
     title: str = ""
+    skipped: tuple[str, ...] = ()      # why each left-out sample was left out (file: reason)
     iou: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -135,6 +136,7 @@ class EvaluationResult:
             "mean_iou": {k: num(v) for k, v in self.mean_iou.items()},
             "pixel_accuracy": num(self.pixel_accuracy),
             "confusion": self.confusion.counts.tolist(),
+            "skipped": list(self.skipped),
         }
 
     def write_json(self, path: str | Path) -> None:

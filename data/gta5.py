@@ -18,7 +18,7 @@ import scipy.io
 
 from fcnwild.data.base import Entry, SegmentationDataset, find_files, require_dir
 from fcnwild.data.images import image_size
-from fcnwild.data.labels import CITYSCAPES_ID_TO_TRAIN, cityscapes_space_lut, get_label_space
+from fcnwild.data.labels import CITYSCAPES_ID_TO_TRAIN, CITYSCAPES_LABEL_IDS, cityscapes_space_lut, get_label_space
 from fcnwild.nets.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
@@ -71,4 +71,5 @@ class GTA5Dataset(SegmentationDataset):
                 f"{' (e.g. ' + ', '.join(bad_size[:3]) + ')' if bad_size else ''}; "
                 f"kept {len(entries)} of {len(images)}", stacklevel=2)
         space = get_label_space(label_space)
-        super().__init__(root, split, entries, space, cityscapes_space_lut(space, CITYSCAPES_ID_TO_TRAIN))
+        super().__init__(root, split, entries, space, cityscapes_space_lut(space, CITYSCAPES_ID_TO_TRAIN),
+                         CITYSCAPES_LABEL_IDS)

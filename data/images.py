@@ -26,9 +26,26 @@ _UNCHANGED_FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
 def _imread(path: str | PathLike, flags: int) -> np.ndarray:
     array = cv2.imread(str(path), flags)
     if array is None:
-        what = "file does not exist" if not Path(path).is_file() else "not a readable image"
+        what = "file does not exist" if not Path(path).is_file() else \
+            "not a readable image (corrupt or truncated)"
         raise DatasetError(what, file=path)
+    if _truncated_jpeg(path):
+        raise DatasetError("truncated JPEG: no end-of-image marker (OpenCV would fill the "
+                           "missing part with grey)", file=path)
     return array
+
+
+def _truncated_jpeg(path: str | PathLike) -> bool:
+    """A JPEG whose end-of-image marker (FF D9) is not near its end. OpenCV decodes a
+    truncated PNG to None but a truncated JPEG to an image with its tail grey. The
+    marker cannot occur inside entropy-coded data (an FF there is followed by 00 or
+    a restart marker); the last 4 KiB leave room for trailing padding."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        f.seek(0, 2)
+        f.seek(max(2, f.tell() - 4096))
+        return b"\xff\xd9" not in f.read()
 
 
 def read_image_rgb(path: str | PathLike) -> np.ndarray:
@@ -87,3 +104,12 @@ def write_png(path: str | PathLike, array: np.ndarray, *, rgb: bool = False) -> 
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
     if not cv2.imwrite(str(path), array):
         raise DatasetError("could not write PNG", file=path)
+
+
+def id_counts(ids: np.ndarray) -> np.ndarray:
+    """How many pixels hold each value of an integer label map (index = value)."""
+    if ids.dtype == np.uint8:
+        return cv2.calcHist([ids], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    if ids.dtype.kind not in "ui" or (ids.size and int(ids.min()) < 0):
+        raise DatasetError(f"label ids of type {ids.dtype} are not non-negative integers")
+    return np.bincount(ids.reshape(-1))

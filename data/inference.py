@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from fcnwild.data.base import SegmentationDataset
+from fcnwild.data.base import SegmentationDataset, SkippedSamples
 from fcnwild.data.evaluation import ConfusionMatrix, EvaluationResult, PredictionWriter
 from fcnwild.data.transforms import FRONT_END_MARGIN, pad_reflect101
 from fcnwild.nets.errors import NetError
@@ -111,14 +111,21 @@ class TiledPredictor:
 
 
 def evaluate_net(predictor: TiledPredictor, dataset: SegmentationDataset, *,
-                 writer: PredictionWriter | None = None, progress: bool = True) -> EvaluationResult | None:
-    """Predict every image of a split; score it if labelled, save predictions if ``writer`` is given."""
+                 writer: PredictionWriter | None = None, progress: bool = True,
+                 strict: bool = False) -> EvaluationResult | None:
+    """Predict every image of a split; score it if labelled, save predictions if ``writer`` is given.
+
+    A sample whose image or label cannot be used is left out and listed in the result
+    (``skipped``), or, with ``strict``, stops the evaluation with its DatasetError."""
     if not dataset.labelled and writer is None:
         raise NetError(f"{dataset!r}: unlabelled, so there is nothing to score and nowhere to save")
     space = dataset.label_space
     confusion = ConfusionMatrix(space.num_classes)
+    skipped = SkippedSamples(strict)
     for index in tqdm(range(len(dataset)), disable=not progress, desc="predicting", unit="image"):
-        sample = dataset[index]
+        sample = skipped.read(lambda: dataset[index])
+        if sample is None:
+            continue
         scores = predictor.scores(sample.image)
         if scores.shape[0] != space.num_classes:
             raise NetError(f"output '{predictor.output_blob}' has {scores.shape[0]} channels but label "
@@ -130,5 +137,6 @@ def evaluate_net(predictor: TiledPredictor, dataset: SegmentationDataset, *,
             confusion.add(sample.label, pred)
     if not dataset.labelled:
         return None
-    return EvaluationResult(space, confusion, len(dataset), title=f"{dataset.family} {dataset.split}: "
-                                                                  f"{len(dataset)} images")
+    used = len(dataset) - len(skipped)
+    return EvaluationResult(space, confusion, used, title=f"{dataset.family} {dataset.split}: {used} images",
+                            skipped=tuple(skipped.messages()))

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -68,6 +68,10 @@ CITYSCAPES_NAMES = tuple(c[0] for c in _CITYSCAPES_CLASSES)
 # Cityscapes label id -> trainId (every id 0..33 not listed is ignored in training and evaluation).
 CITYSCAPES_ID_TO_TRAIN: dict[int, int] = {c[2]: k for k, c in enumerate(_CITYSCAPES_CLASSES)}
 
+# Every id a Cityscapes labelIds PNG may hold: the labels table of cityscapesScripts has ids
+# 0..33, and -1 (license plate), which json2labelImg never draws. GTA5 uses the same ids.
+CITYSCAPES_LABEL_IDS = tuple(range(34))
+
 _NOT_IN_SYNTHIA = ("terrain", "truck", "train")
 _NOT_IN_13 = _NOT_IN_SYNTHIA + ("wall", "fence", "pole")
 CITYSCAPES_16 = tuple(k for k, n in enumerate(CITYSCAPES_NAMES) if n not in _NOT_IN_SYNTHIA)
@@ -78,6 +82,8 @@ SYNTHIA_RAND_ID_TO_TRAIN: dict[int, int] = {
     3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10,
     10: 11, 17: 12, 8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18,
 }
+
+SYNTHIA_RAND_LABEL_IDS = tuple(range(23))   # 0 void .. 22 lanemarking
 
 # SYNTHIA-SEQS: (name, short name, SYNTHIA id, RGB colour of the set's GT/COLOR images).
 _SYNTHIA_SEQS_CLASSES = (
@@ -90,6 +96,7 @@ _SYNTHIA_SEQS_CLASSES = (
     ("traffic light", "light", 15, (0, 128, 128)),
 )
 SYNTHIA_SEQS_ID_TO_TRAIN: dict[int, int] = {c[2]: k for k, c in enumerate(_SYNTHIA_SEQS_CLASSES)}
+SYNTHIA_SEQS_LABEL_IDS = tuple(range(16))   # 0 void .. 15 traffic light (13, 14 reserved)
 
 
 @dataclass(frozen=True)
@@ -197,3 +204,15 @@ def cityscapes_space_lut(space: LabelSpace, source_to_train19: Mapping[int, int]
     train19_to_space = {CITYSCAPES_NAMES.index(n): k for k, n in enumerate(space.class_names)}
     return lut_from_mapping({s: train19_to_space[t] for s, t in source_to_train19.items()
                              if t in train19_to_space}, size)
+
+
+def describe_ids(ids: Sequence[int]) -> str:
+    """Sorted ids with runs folded: (0, 1, 2, 3, 255) -> "0..3, 255"."""
+    parts, values = [], sorted(set(ids))
+    start = 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[i - 1] + 1:
+            first, last = values[start], values[i - 1]
+            parts.append(f"{first}" if first == last else f"{first}..{last}")
+            start = i
+    return ", ".join(parts)

@@ -4,9 +4,16 @@ Like Caffe's data layers, the stream never ends: it walks the dataset in a
 fresh shuffled order each epoch and a batch may straddle two epochs. Every
 random draw of sample i in epoch e comes from a generator seeded with
 (seed, e, i), so batches are identical whatever the number of workers.
+
+A sample whose image or label cannot be used (unreadable, truncated, ids
+outside the label space) is replaced by the next usable one in dataset order,
+logged once and listed in ``BlobFeeder.skipped``; with ``strict`` it raises. The
+replacement depends only on which files are bad, so a resumed run still reads
+what an uninterrupted one would.
 """
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 import cv2
@@ -17,6 +24,9 @@ import torch.utils.data
 from fcnwild.data.base import SegmentationDataset
 from fcnwild.data.transforms import CaffeTransform
 from fcnwild.nets.errors import DatasetError
+
+log = logging.getLogger("fcnwild.data")
+_SKIPPED = "_skipped"     # per-sample key: the files replaced on the way to this sample
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -54,22 +64,51 @@ class TransformedDataset(torch.utils.data.Dataset):
     """Maps (epoch, index) to {blob name: array}, drawing randomness from (seed, epoch, index)."""
 
     def __init__(self, dataset: SegmentationDataset, transform: CaffeTransform, seed: int,
-                 data_blob: str, label_blob: str | None) -> None:
+                 data_blob: str, label_blob: str | None, strict: bool = False,
+                 image_labels: np.ndarray | None = None) -> None:
         self.dataset, self.transform, self.seed = dataset, transform, seed
         self.data_blob, self.label_blob = data_blob, label_blob
+        self.strict = strict
+        self.image_labels = image_labels     # (images, classes): an "image_labels" blob
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        """The blobs of sample ``index`` (or of the next usable one), and under
+        ``_SKIPPED`` the messages of the samples passed over to reach it."""
         epoch, index = key
+        skipped: list[str] = []
+        for offset in range(len(self.dataset)):
+            candidate = (index + offset) % len(self.dataset)
+            try:
+                blobs = self._read(epoch, candidate)
+            except DatasetError as err:
+                if self.strict:
+                    raise
+                skipped.append(str(err))
+                continue
+            blobs[_SKIPPED] = skipped
+            return blobs
+        raise DatasetError(f"{self.dataset!r}: no usable sample; {len(skipped)} failed, "
+                           f"e.g. {skipped[0]}")
+
+    def _read(self, epoch: int, index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch, index])
         label = self.dataset.label(index) if self.label_blob is not None else None
         data, label = self.transform(self.dataset.image(index), label, rng)
         blobs = {self.data_blob: data}
         if self.label_blob is not None:
             blobs[self.label_blob] = label
+        if self.image_labels is not None:
+            blobs["image_labels"] = self.image_labels[index].astype(np.float32)
         return blobs
+
+
+def _collate(samples: list[dict]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A batch of blobs, and the messages of every sample skipped on the way to it."""
+    skipped = [message for sample in samples for message in sample.pop(_SKIPPED)]
+    return torch.utils.data.default_collate(samples), skipped
 
 
 def _worker_init(_: int) -> None:
@@ -80,18 +119,23 @@ def _worker_init(_: int) -> None:
 class BlobFeeder:
     """Endless batches as ``{blob name: float32 array}``, ready for ``net.forward(**batch)``.
 
-    ``label_blob=None`` feeds images only (unlabelled adaptation targets).
+    ``label_blob=None`` feeds images only (unlabelled adaptation targets). ``skipped``
+    lists the samples passed over so far, once each (see the module docstring);
+    ``strict`` raises at the first instead.
     """
 
     def __init__(self, dataset: SegmentationDataset, transform: CaffeTransform, batch_size: int, *,
                  data_blob: str = "data", label_blob: str | None = "label", workers: int = 2,
                  seed: int = 0, shuffle: bool = True, prefetch: int = 2, start: int = 0,
-                 shard: tuple[int, int] = (0, 1)) -> None:
+                 shard: tuple[int, int] = (0, 1), strict: bool = False,
+                 image_labels: np.ndarray | None = None) -> None:
         if label_blob is not None and not dataset.labelled:
             raise DatasetError(f"{dataset!r} has unlabelled images; pass label_blob=None to feed images only")
         self.loader = torch.utils.data.DataLoader(
-            TransformedDataset(dataset, transform, seed, data_blob, label_blob),
+            TransformedDataset(dataset, transform, seed, data_blob, label_blob, strict,
+                               image_labels),
             batch_size=batch_size,
+            collate_fn=_collate,
             sampler=EpochSampler(len(dataset), seed, shuffle, start=start,
                                  batch_size=batch_size, shard=shard),
             num_workers=workers,
@@ -101,7 +145,8 @@ class BlobFeeder:
             # has running and can hang on them; spawned ones start clean.
             multiprocessing_context="spawn" if workers else None,
         )
-        self._batches: Iterator[dict[str, torch.Tensor]] | None = None
+        self._batches: Iterator[tuple[dict[str, torch.Tensor], list[str]]] | None = None
+        self.skipped: list[str] = []
 
     def __iter__(self) -> BlobFeeder:
         return self
@@ -109,7 +154,12 @@ class BlobFeeder:
     def __next__(self) -> dict[str, np.ndarray]:
         if self._batches is None:
             self._batches = iter(self.loader)
-        return {name: tensor.numpy() for name, tensor in next(self._batches).items()}
+        batch, skipped = next(self._batches)
+        for message in skipped:
+            if message not in self.skipped:     # a bad file comes back every epoch
+                log.warning("Skipped a sample: %s", message)
+                self.skipped.append(message)
+        return {name: tensor.numpy() for name, tensor in batch.items()}
 
     def close(self) -> None:
         """Stop the worker processes (dropping the endless iterator shuts them down)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fcnwild.data.base import SegmentationDataset, relative_name
+from fcnwild.data.base import SegmentationDataset, SkippedSamples, relative_name
 from fcnwild.data.evaluation import ConfusionMatrix, EvaluationResult, as_label_map, joint_histogram
 from fcnwild.data.images import read_label_png
 from fcnwild.data.labels import lut_from_mapping
@@ -48,8 +48,11 @@ def match_predictions(dataset: SegmentationDataset, pred_dir: str | Path) -> lis
     return matched
 
 
-def _pair_histogram(dataset: SegmentationDataset, index: int, pred_path: Path) -> np.ndarray:
-    gt = dataset.label(index)
+def _pair_histogram(dataset: SegmentationDataset, index: int, pred_path: Path,
+                    skipped: SkippedSamples) -> np.ndarray:
+    gt = skipped.read(lambda: dataset.label(index))
+    if gt is None:
+        return np.zeros((256, 256), dtype=np.int64)
     pred = read_label_png(pred_path)
     if pred.shape != gt.shape:
         raise DatasetError(f"prediction is {pred.shape[1]}x{pred.shape[0]} but the ground truth "
@@ -58,9 +61,13 @@ def _pair_histogram(dataset: SegmentationDataset, index: int, pred_path: Path) -
 
 
 def score_predictions(dataset: SegmentationDataset, pred_dir: str | Path, *, encoding: str = "label_id",
-                      workers: int = 4, progress: bool = True) -> EvaluationResult:
+                      workers: int = 4, progress: bool = True, strict: bool = False) -> EvaluationResult:
     """Per-class IoU of the PNGs in ``pred_dir`` (label ids of the dataset's label space, or
-    train ids with ``encoding="train_id"``) over the whole split."""
+    train ids with ``encoding="train_id"``) over the whole split.
+
+    A sample whose ground truth cannot be used is left out and listed in the result
+    (``skipped``), or, with ``strict``, stops the scoring; a broken prediction file always
+    stops it (it is the thing being scored)."""
     if encoding not in ENCODINGS:
         raise DatasetError(f"prediction encoding '{encoding}': expected one of {', '.join(ENCODINGS)}")
     if not dataset.labelled:
@@ -70,8 +77,9 @@ def score_predictions(dataset: SegmentationDataset, pred_dir: str | Path, *, enc
     pred_lut = (space.id_lut() if encoding == "label_id"
                 else lut_from_mapping({k: k for k in range(space.num_classes)}))
     joint = np.zeros((256, 256), dtype=np.int64)
+    skipped = SkippedSamples(strict)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = [pool.submit(_pair_histogram, dataset, i, p) for i, p in enumerate(paths)]
+        futures = [pool.submit(_pair_histogram, dataset, i, p, skipped) for i, p in enumerate(paths)]
         try:
             for future in tqdm(as_completed(futures), total=len(futures), disable=not progress,
                                desc="scoring", unit="image"):
@@ -82,5 +90,7 @@ def score_predictions(dataset: SegmentationDataset, pred_dir: str | Path, *, enc
             raise
     confusion = ConfusionMatrix(space.num_classes)
     confusion.add_joint(joint, pred_lut)
-    return EvaluationResult(space, confusion, len(dataset),
-                            title=f"{dataset.family} {dataset.split}: {len(dataset)} images, {pred_dir}")
+    used = len(dataset) - len(skipped)
+    return EvaluationResult(space, confusion, used,
+                            title=f"{dataset.family} {dataset.split}: {used} images, {pred_dir}",
+                            skipped=tuple(skipped.messages()))

@@ -25,7 +25,8 @@ import numpy as np
 
 from fcnwild.data.base import Entry, SegmentationDataset, find_files, relative_name, require_dir, split_list
 from fcnwild.data.images import read_label_channel
-from fcnwild.data.labels import (SYNTHIA_RAND_ID_TO_TRAIN, SYNTHIA_SEQS13, SYNTHIA_SEQS_ID_TO_TRAIN,
+from fcnwild.data.labels import (SYNTHIA_RAND_ID_TO_TRAIN, SYNTHIA_RAND_LABEL_IDS, SYNTHIA_SEQS13,
+                                 SYNTHIA_SEQS_ID_TO_TRAIN, SYNTHIA_SEQS_LABEL_IDS,
                                  cityscapes_space_lut, get_label_space, lut_from_mapping)
 from fcnwild.nets.errors import DatasetError
 
@@ -69,7 +70,8 @@ class SynthiaRandDataset(SegmentationDataset):
         space = get_label_space(label_space)
         entries = _pair_up(image_dir, label_dir, "", root)
         super().__init__(root, split, entries, space,
-                         cityscapes_space_lut(space, SYNTHIA_RAND_ID_TO_TRAIN, _ID_RANGE))
+                         cityscapes_space_lut(space, SYNTHIA_RAND_ID_TO_TRAIN, _ID_RANGE),
+                         SYNTHIA_RAND_LABEL_IDS)
 
     def read_label_ids(self, path: Path) -> np.ndarray:
         return read_label_channel(path, 0)
@@ -109,7 +111,8 @@ class SynthiaSeqsDataset(SegmentationDataset):
             entries += _pair_up(image_dir, label_dir, folder.name + "/", root)
         self.season = season.upper()
         super().__init__(root, split, entries, SYNTHIA_SEQS13,
-                         lut_from_mapping(SYNTHIA_SEQS_ID_TO_TRAIN, _ID_RANGE))
+                         lut_from_mapping(SYNTHIA_SEQS_ID_TO_TRAIN, _ID_RANGE),
+                         SYNTHIA_SEQS_LABEL_IDS)
 
     def read_label_ids(self, path: Path) -> np.ndarray:
         return read_label_channel(path, 0)

@@ -301,13 +301,14 @@ def weakloss_constraints(labels: Tensor, *, fg_lower: float = 0.05, fg_slack: fl
 
 def size_constraints(present: Tensor, lower: Tensor | float, upper: Tensor | float, *,
                      lower_slack: Tensor | float = DEFAULT_LOWER_SLACK,
-                     upper_slack: Tensor | float = HARD) -> ConstraintSet:
+                     upper_slack: Tensor | float = HARD,
+                     suppress_absent: bool = True) -> ConstraintSet:
     """FCNs in the Wild's category constraints (Hoffman et al. 2016, Sec. 3.3).
 
     For every class c present in an image: ``lower_c <= (1/N) sum_i p_ic <= upper_c``,
     the lower bound soft (multiplier cap ``lower_slack``, default 2.0 = CCNN
     WeakLoss's fg_slack), the upper bound hard by default; absent classes are
-    zero-constrained. ``present`` is (B, C) bool; ``lower``, ``upper`` and the
+    zero-constrained unless ``suppress_absent`` is False. ``present`` is (B, C) bool; ``lower``, ``upper`` and the
     slacks broadcast to (B, C) (per-class source statistics, e.g. delta and gamma).
     Slot c holds class c's lower bound, slot C + c its upper bound.
     """
@@ -321,7 +322,8 @@ def size_constraints(present: Tensor, lower: Tensor | float, upper: Tensor | flo
     A = torch.cat([eye, -eye]).expand(B, 2 * C, C).contiguous()
     b = torch.cat([per_image_class(lower), -per_image_class(upper)], 1)
     slack = torch.cat([per_image_class(lower_slack), per_image_class(upper_slack)], 1)
-    return ConstraintSet(A, b, slack, torch.cat([present, present], 1), ~present)
+    zeroed = ~present if suppress_absent else torch.zeros_like(present)
+    return ConstraintSet(A, b, slack, torch.cat([present, present], 1), zeroed)
 
 
 def predicted_present(scores: Tensor, class_fraction: Tensor, ratio: float = 0.1) -> Tensor:

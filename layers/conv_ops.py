@@ -3,42 +3,59 @@ Deconvolution layers (Caffe semantics: zero padding, floor output size).
 
 Everything spatial is given per axis (tuples of length 1, 2 or 3). Weight
 layouts are Caffe's: convolution (C_out, C_in/g, *k), deconvolution
-(C_in, C_out/g, *k).
+(C_in, C_out/g, *k). Outputs keep the input's memory format (NCHW or
+channels-last), as torch's own convolutions do.
 
-``convolution`` and ``deconvolution`` pick one of three paths per call
-(``choose_path`` says which, so tests and benchmarks can check it):
+``convolution`` and ``deconvolution`` take one of three paths per call;
+``choose_path`` names it (tests and benchmarks check the choice):
 
-* ``winograd`` -- 3x3, stride 1, one group, any pad and dilation, CPU:
-  Winograd F(4x4, 3x3) (Lavin & Gray 2016) with interpolation points
-  0, 1, -1, 1/2, -2 and infinity, for forward, input grad and weight grad.
-  It does 36 multiply-adds per 16 outputs instead of 144, as 36 batched GEMMs
-  over (C_out x C_in) x (C_in x tiles). Dilation is space-to-batch folded into
-  the tile gather (tile element a of phase i reads input row (t*4 + a)*d + i),
-  so a dilated 3x3 costs the same as an undilated one. The map is processed
-  in bands of tile rows whose transformed tiles fit in cache; the transforms
-  are memory-bound and would otherwise cost as much as the GEMMs.
-  Float32 error against a float64 reference is ~3e-6 of the output's max,
-  close to the direct method's ~2e-6; the usual points (0, +-1, +-2) give
-  ~1e-5, which would break Caffe's 1e-5 forward tolerance.
-* ``gemm`` -- explicit im2col + GEMM, Caffe's own algorithm (for a 1x1
-  kernel the input itself is the column matrix): large kernels on small maps
-  (fc6: 7x7, dilation 4, 512->4096 on 40x40, where torch's dilated backward
-  takes a slow path), 1x1 convolutions (fc7) and every strided
-  Deconvolution (Caffe computes it as col2im of a GEMM; torch's CPU
-  conv_transpose2d needs ~45 ms for the 2-MFLOP bilinear x8 upsampling).
-* ``native`` -- torch's own kernels (oneDNN on CPU): everything else, every
-  non-CPU device, dtypes other than float32/float64, and 1-D/3-D.
+* ``winograd`` -- 2-D 3x3, stride 1, one group, at least 64 input and output
+  channels and 128 output tiles (below, oneDNN is faster), any pad and
+  dilation, CPU, float32/float64: Winograd F(4x4, 3x3)
+  (Lavin & Gray 2016) for forward, input grad and weight grad: 36 batched
+  GEMMs, (tiles x C_in) x (C_in x C_out), do the work of 144 multiply-adds per
+  4x4 output tile. Dilation is space-to-batch folded into the tile gather
+  (element a of a phase-i tile reads input row (4t + a) * d + i), so a dilated
+  3x3 costs what an undilated one does. The map goes through in bands of tile
+  rows, channels-last inside a band, so the memory-bound transforms run in
+  cache. Interpolation points 0, 1, -1, 1/2, -2 (and infinity) keep float32
+  within ~3e-6 of a float64 reference, relative to the output's max (direct:
+  ~2e-6); the textbook points 0, +-1, +-2 give ~1e-5, Caffe's forward tolerance.
+* ``gemm`` -- explicit im2col + GEMM, one image at a time, as Caffe does (a
+  1x1 kernel needs no im2col: the image is the column matrix): 1x1
+  convolutions (fc7, final), kernels larger than 3x3 with at least 512
+  outputs per group (fc6: 7x7, dilation 4, 512->4096 on 40x40, whose torch
+  CPU backward takes minutes), very shallow inputs (conv1_1: 3 channels x 3x3,
+  where oneDNN runs at ~10 GFLOP/s) and every strided Deconvolution (Caffe's
+  col2im of a GEMM). A stride-1 Deconvolution is the convolution with the
+  flipped, transposed kernel and goes through the convolution rules.
+* ``native`` -- torch's own kernels (oneDNN on CPU) for everything else:
+  strided or grouped 3x3, mid-size kernels with few outputs, other devices,
+  other dtypes, 1-D and 3-D.
 
-A stride-1 Deconvolution is the convolution of its input with the flipped,
-transposed kernel, so it goes through the convolution paths.
+Measured on the 2-core AVX2 machine, 2 threads, float32, quiet (load < 2),
+forward / backward effective GFLOP/s (2*K*C_in*C_out*H_out*W_out per pass;
+4096^2 torch.mm: 140-180 GFLOP/s, varying between runs):
 
-Measured on the 2-core AVX2 machine (2 threads, float32, forward / input grad /
-weight grad, effective GFLOP/s counted as 2*K*C_in*C_out*H_out*W_out; a
-4096^2 GEMM runs at ~150 GFLOP/s there):
-  MEASUREMENTS
+    layer (crop 500)          native      winograd     gemm
+    conv1_2  64->64  @498    84 / 91     116 / 101
+    conv2_1  64->128 @248   107 / 139    179 / 157
+    conv2_2 128->128 @246   177 / 131    176 / 266
+    conv3_2 256->256 @120   179 / 153    289 / 292
+    conv4_2 512->512 @56    149 / 177    315 / 243
+    conv5_1 512 dil 2 @52   171 / 139    300 / 168
+    fc6  7x7 dil 4 @40      ~55 / ~0.7*                 124 / 136
+    fc7  1x1 4096->4096     (noisy)                     105 / 110
+
+    * torch's dilated CPU backward for fc6: ~150 s (issue 7); plain PyTorch
+      needs 107 s for the whole train step here, conv_ops 4.2-4.7 s.
+
+benchmarks/bench_conv_paths.py prints this table for any shape;
+benchmarks/bench_frontend.py times the whole train step.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -50,11 +67,20 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 _FAST_DTYPES = (torch.float32, torch.float64)
 
-# Winograd needs enough channels for its GEMMs to outweigh the transforms.
-_WINOGRAD_MIN_CHANNELS = 16
-# im2col pays off against oneDNN once a kernel is larger than 3x3 or dilated
-# beyond what its own kernels handle quickly; the column matrix of one image
-# must stay small enough not to dominate memory.
+# Winograd pays off once its GEMMs outweigh the tile transforms (enough
+# channels) and the transformed kernels, 4x the size of the plain ones, are
+# reused over enough tiles: at 512 channels oneDNN wins below ~128 tiles
+# (e.g. a 40x40 output), Winograd by 1.5x above ~144; below 64 channels
+# oneDNN wins at any size.
+_WINOGRAD_MIN_CHANNELS = 64
+_WINOGRAD_MIN_TILES = 128
+# For a kernel larger than 3x3, im2col + GEMM beats oneDNN once the GEMM dwarfs
+# the im2col copy (each column element feeds 2 * C_out/g FLOPs); one image's
+# column matrix must stay small next to the activations.
+_GEMM_MIN_OUT_CHANNELS = 512
+# oneDNN is slow on a very shallow input (VGG's conv1_1: 3 channels x 3x3 = 27
+# values per output pixel), where im2col is cheap.
+_GEMM_MAX_SHALLOW_K = 32
 _GEMM_MAX_COL_BYTES = 256 << 20
 
 
@@ -75,24 +101,29 @@ def choose_path(x: Tensor, weight: Tensor, stride: Sequence[int], pad: Sequence[
         # A stride-1 deconvolution is a convolution with the flipped kernel.
         return _conv_path(x, weight.shape[1] * groups, kernel, stride,
                           _flipped_pad(kernel, pad, dilation), dilation, groups)
-    col_bytes = x.element_size() * weight[0].numel() * groups * x.shape[2] * x.shape[3]
+    col_bytes = x.element_size() * math.prod(weight.shape[1:]) * groups * x.shape[2] * x.shape[3]
     return "gemm" if col_bytes <= _GEMM_MAX_COL_BYTES else "native"
 
 
 def _conv_path(x: Tensor, c_out: int, kernel: tuple, stride: Sequence[int], pad: Sequence[int],
                dilation: Sequence[int], groups: int) -> str:
     c_in = x.shape[1]
+    out_size = [(size + 2 * p - d * (k - 1) - 1) // s + 1
+                for size, k, s, p, d in zip(x.shape[2:], kernel, stride, pad, dilation)]
+    if min(out_size) < 1 or x.numel() == 0:
+        return "native"                     # torch reports the bad shape
     if (kernel == (3, 3) and tuple(stride) == (1, 1) and groups == 1
-            and min(c_in, c_out) >= _WINOGRAD_MIN_CHANNELS):
+            and min(c_in, c_out) >= _WINOGRAD_MIN_CHANNELS
+            and _winograd_tiles(x.shape[0], out_size, dilation) >= _WINOGRAD_MIN_TILES):
         return "winograd"
     if kernel == (1, 1) and tuple(pad) == (0, 0):
         return "gemm"
-    large_kernel = kernel[0] * kernel[1] > 9 or any(d > 1 for d in dilation)
-    out_numel = 1
-    for size, k, s, p, d in zip(x.shape[2:], kernel, stride, pad, dilation):
-        out_numel *= max((size + 2 * p - d * (k - 1) - 1) // s + 1, 0)
-    col_bytes = x.element_size() * c_in * kernel[0] * kernel[1] * out_numel
-    if large_kernel and col_bytes <= _GEMM_MAX_COL_BYTES:
+    depth = c_in // groups * kernel[0] * kernel[1]          # column-matrix rows per group
+    if x.element_size() * depth * groups * math.prod(out_size) > _GEMM_MAX_COL_BYTES:
+        return "native"
+    if depth <= _GEMM_MAX_SHALLOW_K and tuple(stride) == (1, 1):
+        return "gemm"
+    if kernel[0] * kernel[1] > 9 and c_out // groups >= _GEMM_MIN_OUT_CHANNELS:
         return "gemm"
     return "native"
 
@@ -109,6 +140,14 @@ def deconvolution(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequen
     """Caffe's Deconvolution forward; weight is (C_in, C_out/groups, *kernel)."""
     path = choose_path(x, weight, stride, pad, dilation, groups, transposed=True)
     return DECONV_PATHS[path](x, weight, bias, tuple(stride), tuple(pad), tuple(dilation), groups)
+
+
+def _winograd_tiles(batch: int, out_size: Sequence[int], dilation: Sequence[int]) -> int:
+    """4x4 output tiles of a Winograd convolution, over all dilation phases."""
+    n = batch
+    for size, d in zip(out_size, dilation):
+        n *= d * -(-(-(-size // d)) // _TILE_OUT)
+    return n
 
 
 def _flipped_pad(kernel: Sequence[int], pad: Sequence[int], dilation: Sequence[int]) -> tuple:
@@ -128,6 +167,26 @@ def _native_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple, 
 def _native_deconv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple, pad: tuple,
                    dilation: tuple, groups: int) -> Tensor:
     return _CONV_T[len(stride)](x, weight, bias, stride, pad, 0, groups, dilation)
+
+
+# ---------------------------------------------------------------------------------------
+# memory format
+# ---------------------------------------------------------------------------------------
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """Like torch's own convolutions, answer in the input's memory format."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _dense(t: Tensor) -> Tensor:
+    """t itself when it is contiguous in either memory format, else a contiguous copy."""
+    return t if _memory_format(t) == torch.channels_last else t.contiguous()
+
+
+def _empty_like_format(shape: Sequence[int], like: Tensor, fmt: torch.memory_format) -> Tensor:
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,10 +229,16 @@ class _Geometry:
 def _gemm_conv(x: Tensor, weight: Tensor, geom: _Geometry) -> Tensor:
     """Convolution: y_n = W @ im2col(x_n), per group."""
     g, c_out = geom.groups, weight.shape[0]
-    y = x.new_empty((x.shape[0], c_out) + geom.conv_out_size(x.shape[2:]))
+    fmt = _memory_format(x)
+    y = _empty_like_format((x.shape[0], c_out) + geom.conv_out_size(x.shape[2:]), x, fmt)
     w = weight.reshape(g, c_out // g, -1)
     for n in range(x.shape[0]):
-        torch.bmm(w, geom.cols(x[n]), out=y[n].view(g, c_out // g, -1))
+        cols = geom.cols(x[n])
+        if fmt == torch.channels_last:
+            # y_n^T = cols^T W^T: the GEMM writes the channels-last image directly.
+            _matmul_into_hwc(cols.transpose(1, 2), w.transpose(1, 2), y[n])
+        else:
+            torch.bmm(w, cols, out=y[n].view(g, c_out // g, -1))
     return y
 
 
@@ -182,12 +247,26 @@ def _gemm_conv_transposed(gy: Tensor, weight: Tensor, geom: _Geometry, size: Seq
     x_n = col2im(W^T @ y_n), per group; ``size`` is x's spatial size."""
     g, c_out = geom.groups, weight.shape[0]
     w = weight.reshape(g, c_out // g, -1)
-    c_in = weight.shape[1] * g
-    x = gy.new_empty((gy.shape[0], c_in) + tuple(size))
+    fmt = _memory_format(gy)
+    x = _empty_like_format((gy.shape[0], weight.shape[1] * g) + tuple(size), gy, fmt)
     for n in range(gy.shape[0]):
-        col = torch.bmm(w.transpose(1, 2), gy[n].reshape(g, c_out // g, -1))
-        x[n] = geom.image(col.view(-1, col.shape[2]), size)
+        dy = gy[n].reshape(g, c_out // g, -1)
+        if geom.identity_cols and fmt == torch.channels_last:
+            _matmul_into_hwc(dy.transpose(1, 2), w, x[n])
+        else:
+            col = torch.bmm(w.transpose(1, 2), dy)
+            x[n] = geom.image(col.view(-1, col.shape[2]), size)
     return x
+
+
+def _matmul_into_hwc(a: Tensor, b: Tensor, image: Tensor) -> None:
+    """Per-group a @ b, (g, H*W, C/g), written into one channels-last (C, H, W) image."""
+    g = a.shape[0]
+    hwc = image.permute(1, 2, 0).view(-1, g, image.shape[0] // g)
+    if g == 1:
+        torch.mm(a[0], b[0], out=hwc[:, 0])
+    else:
+        hwc.copy_(torch.bmm(a, b).transpose(0, 1))
 
 
 def _gemm_conv_weight_grad(x: Tensor, gy: Tensor, weight_shape: Sequence[int],
@@ -225,15 +304,15 @@ class _GemmConvolution(torch.autograd.Function):
         ctx.save_for_backward(x if need_w else None, weight if need_x else None)
         ctx.geom, ctx.has_bias, ctx.in_size = geom, bias is not None, x.shape[2:]
         ctx.weight_shape = weight.shape
-        return _add_bias(_gemm_conv(x.contiguous(), weight, geom), bias)
+        return _add_bias(_gemm_conv(_dense(x), weight, geom), bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, gy: Tensor):
         x, weight = ctx.saved_tensors
-        gy = gy.contiguous()
+        gy = _dense(gy)
         gx = _gemm_conv_transposed(gy, weight, ctx.geom, ctx.in_size) if weight is not None else None
-        gw = (_gemm_conv_weight_grad(x.contiguous(), gy, ctx.weight_shape, ctx.geom)
+        gw = (_gemm_conv_weight_grad(_dense(x), gy, ctx.weight_shape, ctx.geom)
               if x is not None else None)
         return gx, gw, _bias_grad(gy, ctx, 2), None
 
@@ -248,16 +327,16 @@ class _GemmDeconvolution(torch.autograd.Function):
         ctx.save_for_backward(x if need_w else None, weight if need_x else None)
         ctx.geom, ctx.has_bias = geom, bias is not None
         ctx.weight_shape = weight.shape
-        y = _gemm_conv_transposed(x.contiguous(), weight, geom, geom.deconv_out_size(x.shape[2:]))
+        y = _gemm_conv_transposed(_dense(x), weight, geom, geom.deconv_out_size(x.shape[2:]))
         return _add_bias(y, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, gy: Tensor):
         x, weight = ctx.saved_tensors
-        gy = gy.contiguous()
+        gy = _dense(gy)
         gx = _gemm_conv(gy, weight, ctx.geom) if weight is not None else None
-        gw = (_gemm_conv_weight_grad(gy, x.contiguous(), ctx.weight_shape, ctx.geom)
+        gw = (_gemm_conv_weight_grad(gy, _dense(x), ctx.weight_shape, ctx.geom)
               if x is not None else None)
         return gx, gw, _bias_grad(gy, ctx, 2), None
 
@@ -321,13 +400,6 @@ def _winograd_weights(weight: Tensor) -> Tensor:
     c_out, c_in = weight.shape[:2]
     _, _, gk = _winograd_matrices(weight.dtype, weight.device)
     return (gk @ weight.reshape(c_out * c_in, 9).t()).view(36, c_out, c_in).transpose(1, 2)
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    """Like torch's own convolutions, answer in the input's memory format."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 class _Tiling:
@@ -427,8 +499,7 @@ def _winograd_conv(x: Tensor, u: Tensor, bias: Tensor | None, pad: tuple, dilati
     bt, at, _ = _winograd_matrices(x.dtype, x.device)
     c_in, c_out = u.shape[1:]
     tiling = _Tiling(x.shape, max(c_in, c_out), pad, dilation)
-    y = torch.empty((x.shape[0], c_out, tiling.out_h, tiling.out_w), dtype=x.dtype, device=x.device,
-                    memory_format=_memory_format(x))
+    y = _empty_like_format((x.shape[0], c_out, tiling.out_h, tiling.out_w), x, _memory_format(x))
     reader, writer = _TileReader(tiling, x, _TILE_IN, pad), _TileWriter(tiling, y)
     v_flat = x.new_empty(36 * tiling.max_tiles * c_in)
     m_flat = x.new_empty(36 * tiling.max_tiles * c_out)

@@ -19,6 +19,7 @@ from fcnwild.nets import caffe_pb2
 from fcnwild.nets.errors import NetError
 
 ErrorFactory = Callable[[str], NetError]
+INT_MAX = 2**31 - 1
 FillerParameter = caffe_pb2.FillerParameter
 
 
@@ -31,6 +32,10 @@ def fill(param: FillerParameter, shape: Sequence[int], error: ErrorFactory) -> T
     shape = tuple(int(d) for d in shape)
     if blob_count(shape) == 0:
         raise error(f"cannot fill an empty blob of shape {shape}")
+    if blob_count(shape) > INT_MAX:
+        # Caffe's Blob::Reshape refuses these too; past 2^63 torch cannot even size them.
+        raise error(f"a blob of shape {shape} would hold {blob_count(shape)} values, more "
+                    f"than Caffe's limit of INT_MAX ({INT_MAX})")
     kind = param.type
     filler = _FILLERS.get(kind)
     if filler is None:

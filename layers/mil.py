@@ -133,7 +133,8 @@ class ConstrainedMILLoss(Layer):
         upper = torch.where(feasible, self.upper, torch.ones_like(self.upper))
         self.relaxed_images = int((~feasible).sum())
         constraints = size_constraints(present, self.lower, upper,
-                                       lower_slack=p.lower_slack, upper_slack=p.upper_slack)
+                                       lower_slack=p.lower_slack, upper_slack=p.upper_slack,
+                                       suppress_absent=p.suppress_absent)
         solution = solve_constrained_softmax(scores.detach(), constraints, p.hardness)
         self.last_present, self.last_solution = present, solution
         weighted = ClassGradientScale.apply(scores, self.gradient_scale)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -41,7 +42,8 @@ def expand_environment(spec: str) -> str:
 
 @register("SegmentationData")
 class SegmentationData(_DataLayer):
-    num_tops = (1, 2)
+    """Tops: data [, label [, image_labels]]."""
+    num_tops = (1, 3)
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
         from fcnwild.data.datasets import open_dataset
@@ -52,8 +54,6 @@ class SegmentationData(_DataLayer):
                              '"cityscapes:${CITYSCAPES_ROOT}"')
         if p.batch_size < 1:
             raise self.error("batch_size must be at least 1")
-        if not p.crop_size and p.batch_size > 1:
-            raise self.error("whole images (crop_size 0) differ in size: use batch_size 1")
         options = {}
         for option in p.option:
             key, sep, value = option.partition("=")
@@ -72,7 +72,12 @@ class SegmentationData(_DataLayer):
             raise self.error(f"{err}") from None
         if len(self.dataset) == 0:
             raise self.error(f"{self.dataset!r} holds no images")
-        self.with_labels = len(self.param.top) == 2
+        self.with_labels = len(self.param.top) >= 2
+        self.image_labels = None
+        if len(self.param.top) == 3:
+            if not p.image_labels:
+                raise self.error("a third top needs segmentation_data_param.image_labels")
+            self.image_labels = self._load_image_labels(p.image_labels)
         self.read_labels = self.with_labels and not p.unlabelled
         if self.read_labels and not self.dataset.labelled:
             raise self.error(f"{self.dataset!r} has no labels; set unlabelled: true (an "
@@ -90,10 +95,32 @@ class SegmentationData(_DataLayer):
         self.consumed = 0          # stream items consumed by all ranks together
         self._feeder = None
 
+    def _load_image_labels(self, source: str) -> np.ndarray:
+        """(images, classes) present-class table aligned with the dataset's image order."""
+        path = Path(expand_environment(source))
+        if not path.is_absolute() and self.ctx.base_dir is not None:
+            path = self.ctx.base_dir / path
+        try:
+            with np.load(path, allow_pickle=False) as table:
+                names, present = list(table["names"]), np.asarray(table["present"], bool)
+        except (OSError, KeyError, ValueError) as err:
+            raise DatasetError(f"cannot read image-level labels ({err}); expected an .npz with "
+                               "'names' and 'present' (images x classes)", file=path,
+                               layer=self.name) from None
+        row = {str(name): i for i, name in enumerate(names)}
+        missing = [n for n in self.dataset.names() if n not in row]
+        if missing or present.ndim != 2 or len(names) != present.shape[0]:
+            raise DatasetError(f"image-level labels do not cover {len(missing)} of "
+                               f"{len(self.dataset)} images (e.g. {missing[:1]}) or are not "
+                               "images x classes", file=path, layer=self.name)
+        return present[[row[n] for n in self.dataset.names()]]
+
     def reshape(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         shapes = [(self.batch_size, 3) + tuple(self.image_shape)]
         if self.with_labels:
             shapes.append((self.batch_size, 1) + tuple(self.label_shape))
+        if self.image_labels is not None:
+            shapes.append((self.batch_size, self.image_labels.shape[1]))
         return shapes
 
     def forward(self) -> tuple[Tensor, ...]:
@@ -103,14 +130,22 @@ class SegmentationData(_DataLayer):
             self._feeder = BlobFeeder(
                 self.dataset, self.transform, self.batch_size,
                 label_blob="label" if self.read_labels else None, workers=p.workers,
-                seed=p.seed, shuffle=p.shuffle, start=self.consumed, shard=self.shard)
-        batch = next(self._feeder)
+                seed=p.seed, shuffle=p.shuffle, start=self.consumed, shard=self.shard,
+                image_labels=self.image_labels)
+        try:
+            batch = next(self._feeder)
+        except RuntimeError as err:     # the collate of whole images of different sizes
+            raise self.error(f"cannot batch whole images (crop_size 0) of different sizes "
+                             f"from {self.dataset!r}: use batch_size 1 or a crop ({err})"
+                             ) from None
         self.consumed += self.batch_size * self.shard[1]
         tops = [self._like_net(torch.from_numpy(batch["data"]))]
         if self.with_labels:
             label = batch["label"] if self.read_labels else np.full(
                 (batch["data"].shape[0], 1) + tuple(self.label_shape), 255, np.float32)
             tops.append(self._like_net(torch.from_numpy(label)))
+        if self.image_labels is not None:
+            tops.append(self._like_net(torch.as_tensor(batch["image_labels"])))
         return tuple(tops)
 
     # --- data-parallel shards and resumable positions (used by the Solver) ---------------

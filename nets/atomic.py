@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+import h5py
 
 
 def _umask() -> int:
@@ -41,17 +44,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path`` for libraries that open files themselves (h5py)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """An HDF5 file built in memory, then written to ``path`` with ``atomic_write``.
+
+    HDF5 never writes to the disk itself: when one of its writes fails (a full
+    disk, noticed as the file is flushed on close), h5py raises RuntimeError and
+    the library is left in a state where closing another file later crashes the
+    process (seen with h5py 3 on a full tmpfs). Built in memory, the file reaches
+    the disk through plain Python writes, which fail with an OSError and leave
+    nothing behind. The price: the file's bytes are held in memory while it is
+    written.
+    """
+    image = io.BytesIO()
+    with h5py.File(image, "w") as h5:
+        yield h5
+    with atomic_write(path, "wb") as out:
+        out.write(image.getbuffer())

@@ -43,6 +43,9 @@ class FrontEnd:
     padded: bool = False                # the published nets pad nothing: a 186 px margin
     domain_widths: tuple[int, ...] = (1024, 1024)   # hidden 1x1 convs of the domain classifier
     domain_dropout: float = 0.5
+    # Nets trained from scratch (the demo's) scale Caffe's 0-255 mean-subtracted input
+    # down first; the published nets start from VGG-16, which expects it unscaled.
+    input_scale: float = 1.0
 
     @property
     def stride(self) -> int:
@@ -64,13 +67,15 @@ class FrontEnd:
         return lost
 
 
-# Named architectures. "small" is the demo's: same structure, 1/8 width, padded, so
-# the embedded benchmark's small images train in minutes on a CPU.
+# Named architectures. "small" is the demo's: the same structure at 1/8 width, padded,
+# pooling twice (output stride 4, dilations taking over earlier) so the embedded
+# benchmark's 64 x 128 images keep their poles and people, and train in minutes on a CPU.
 ARCHITECTURES = {
     "frontend": FrontEnd(),
     "small": FrontEnd(block_widths=(16, 32, 48, 64, 64), block_depths=(1, 1, 2, 2, 1),
-                      fc_width=128, fc6_kernel=3, fc6_dilation=2, padded=True,
-                      domain_widths=(64, 64), dropout=0.0, domain_dropout=0.0),
+                      block_dilations=(1, 1, 1, 2, 2), pooled_blocks=2, fc_width=128,
+                      fc6_kernel=3, fc6_dilation=4, padded=True, domain_widths=(64, 64),
+                      dropout=0.0, domain_dropout=0.0, input_scale=1 / 128),
 }
 
 
@@ -131,6 +136,10 @@ def front_end_layers(arch: FrontEnd, phase: int, bottom: str = "data"
                      ) -> list[caffe_pb2.LayerParameter]:
     """conv1_1 ... fc7 and the 1x1 classifier ``final`` (coarse scores at 1/stride)."""
     layers, current = [], bottom
+    if arch.input_scale != 1:
+        layers.append(_layer("input_scale", "Power", bottom, "scaled_data",
+                             power_param=caffe_pb2.PowerParameter(scale=arch.input_scale)))
+        current = "scaled_data"
     for block, (width, depth, dilation) in enumerate(
             zip(arch.block_widths, arch.block_depths, arch.block_dilations), start=1):
         for i in range(1, depth + 1):
@@ -219,13 +228,26 @@ def train_net(arch: FrontEnd, name: str, data: DataSpec, phase: int = caffe_pb2.
 
 
 def adaptation_net(arch: FrontEnd, name: str, source: DataSpec, target: DataSpec, *,
-                   category: bool, class_stats: str = "class_stats.json"
-                   ) -> caffe_pb2.NetParameter:
-    """GA (``category=False``) or GA+CA: one weight-shared network over [source; target]."""
+                   category: bool, class_stats: str = "class_stats.json",
+                   domain_normalization: int = caffe_pb2.LossParameter.NONE,
+                   mil: caffe_pb2.ConstrainedMILParameter | None = None,
+                   image_labels: str | None = None) -> caffe_pb2.NetParameter:
+    """GA (``category=False``) or GA+CA: one weight-shared network over [source; target].
+
+    The domain losses are summed over all units (eq. 2-5) unless ``domain_normalization``
+    says otherwise; ``mil`` overrides the MIL layer's defaults (bounds' slack, hardness);
+    ``image_labels`` (a file of per-image present classes) replaces the MIL layer's online
+    image-label prediction."""
     net = caffe_pb2.NetParameter(name=name)
     target = replace(target, unlabelled=True)
     net.layer.append(_data_layer("source_data", ["source_data", "source_label"], source, arch))
-    net.layer.append(_data_layer("target_data", ["target_data", "target_label"], target, arch))
+    target_tops = ["target_data", "target_label"]
+    if category and image_labels:
+        target_tops.append("target_image_labels")
+    target_layer = _data_layer("target_data", target_tops, target, arch)
+    if category and image_labels:
+        target_layer.segmentation_data_param.image_labels = image_labels
+    net.layer.append(target_layer)
     batch_axis = caffe_pb2.ConcatParameter(axis=0)
     net.layer.append(_layer("data", "Concat", ["source_data", "target_data"], "data",
                             concat_param=batch_axis))
@@ -240,19 +262,24 @@ def adaptation_net(arch: FrontEnd, name: str, source: DataSpec, target: DataSpec
         net.layer.append(_layer("split_scores", "Slice", "final",
                                 ["source_final", "target_final"], slice_param=split))
         net.layer.append(_layer("silence_source_final", "Silence", "source_final"))
-        mil = caffe_pb2.ConstrainedMILParameter(class_stats=class_stats)
-        net.layer.append(_layer("mil_loss", "ConstrainedMILLoss", "target_final", "mil_loss",
-                                constrained_mil_param=mil))
-    net.layer.extend(domain_classifier_layers(arch))
+        mil_param = caffe_pb2.ConstrainedMILParameter()
+        if mil is not None:
+            mil_param.CopyFrom(mil)
+        mil_param.class_stats = class_stats
+        bottoms = ["target_final"] + (["target_image_labels"] if image_labels else [])
+        net.layer.append(_layer("mil_loss", "ConstrainedMILLoss", bottoms, "mil_loss",
+                                constrained_mil_param=mil_param))
+    net.layer.extend(domain_classifier_layers(arch, normalization=domain_normalization))
     return net
 
 
 CLASSIFIER_PREFIX = "dom_"
 
 
-def domain_classifier_layers(arch: FrontEnd, features: str = "fc7"
+def domain_classifier_layers(arch: FrontEnd, features: str = "fc7",
+                             normalization: int = caffe_pb2.LossParameter.NONE
                              ) -> list[caffe_pb2.LayerParameter]:
-    """Pixel-level domain classifier on fc7 and its two losses, summed over all units."""
+    """Pixel-level domain classifier on fc7 and its two losses (summed over all units)."""
     layers = [_layer("domain_label", "DomainLabel", [features, "source_data"], "domain_label")]
     current = features
     for i, width in enumerate(arch.domain_widths, start=1):
@@ -265,7 +292,7 @@ def domain_classifier_layers(arch: FrontEnd, features: str = "fc7"
             layers.append(_layer(drop, "Dropout", name, name, dropout_param=(
                 caffe_pb2.DropoutParameter(dropout_ratio=arch.domain_dropout))))
     layers.append(_conv(f"{CLASSIFIER_PREFIX}score", current, 2, std=0.01))
-    summed = caffe_pb2.LossParameter(normalization=caffe_pb2.LossParameter.NONE)
+    summed = caffe_pb2.LossParameter(normalization=normalization)
     invert = caffe_pb2.PowerParameter(scale=-1, shift=1)
     score = f"{CLASSIFIER_PREFIX}score"
     layers += [
@@ -298,6 +325,8 @@ class SolverSettings:
     snapshot: int = 2000
     solver_type: str = "SGD"
     classifier_lr_mult: float = 1.0
+    domain_weight: float = 1.0       # lambda of the representation's 1/2 (L_D + L_Dinv)
+    mil_weight: float = 1.0          # weight of L_mi
     random_seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -321,10 +350,10 @@ def solver_param(net: str, prefix: str, settings: SolverSettings, *,
         a.classifier_lr_mult = s.classifier_lr_mult
         a.classifier_loss.add(top="dom_loss", weight=1)
         a.representation_loss.add(top="loss", weight=1)
-        a.representation_loss.add(top="dom_loss", weight=0.5)
-        a.representation_loss.add(top="dom_loss_inv", weight=0.5)
+        a.representation_loss.add(top="dom_loss", weight=0.5 * s.domain_weight)
+        a.representation_loss.add(top="dom_loss_inv", weight=0.5 * s.domain_weight)
         if category:
-            a.representation_loss.add(top="mil_loss", weight=1)
+            a.representation_loss.add(top="mil_loss", weight=s.mil_weight)
     return param
 
 

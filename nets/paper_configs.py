@@ -116,6 +116,34 @@ def all_files() -> list[tuple[str, caffe_pb2.Message, str]]:
     ]
     for experiment in EXPERIMENTS:
         files += experiment_files(experiment, arch)
+    return files + synthetic_files()
+
+
+def synthetic_files() -> list[tuple[str, caffe_pb2.Message, str]]:
+    """The demo's small nets and solvers on the embedded synthetic benchmark."""
+    from fcnwild.solvers.adaptation import synthetic_experiment
+    e = synthetic_experiment()
+    title = "Embedded synthetic benchmark (fcnwild demo)"
+    files = [("synthetic/deploy.prototxt", deploy_net(e.arch, "synthetic_deploy", 64),
+              f"{title}: the small dilated front-end, deploy (scores at 1/{e.arch.stride}).")]
+    for stage, data in (("source_only", e.source), ("oracle", e.oracle)):
+        files.append((f"synthetic/{stage}_net.prototxt", train_net(e.arch, stage, data),
+                      f"{title}: {stage.replace('_', ' ')} training."))
+        files.append((f"synthetic/{stage}_solver.prototxt",
+                      solver_param(f"{stage}_net.prototxt", f"snapshots/{stage}",
+                                   e.settings[stage]), f"{title}: {stage} solver."))
+    for stage, category in (("ga", False), ("ga_ca", True)):
+        files.append((f"synthetic/{stage}_net.prototxt",
+                      adaptation_net(e.arch, stage, e.source, e.target, category=category,
+                                     domain_normalization=e.domain_normalization, mil=e.mil),
+                      f"{title}: {stage} net (domain losses averaged over units)." +
+                      ("\nImage-level labels: the layer's online rule here; `fcnwild demo` "
+                       "predicts them once\nwith the GA model instead (see solvers/adaptation.py)."
+                       if category else "")))
+        files.append((f"synthetic/{stage}_solver.prototxt",
+                      solver_param(f"{stage}_net.prototxt", f"snapshots/{stage}",
+                                   e.settings[stage], adversarial=e.arch, category=category),
+                      f"{title}: alternating solver, {stage}."))
     return files
 
 

@@ -48,6 +48,8 @@ def read_text(path: PathLike, msg: M) -> M:
                             f"expected a {msg.DESCRIPTOR.name} prototxt", file=path) from None
     except OSError as err:
         raise PrototxtError(f"cannot read: {err.strerror}", file=path) from None
+    except ValueError as err:    # a path with a NUL byte
+        raise PrototxtError(f"not a usable file name ({err})", file=path) from None
     return parse_text(text, msg, file=path)
 
 
@@ -69,6 +71,8 @@ def read_binary(path: PathLike, msg: M) -> M:
                             file=path) from None
     except OSError as err:
         raise PrototxtError(f"cannot read: {err.strerror}", file=path) from None
+    except ValueError as err:    # a path with a NUL byte
+        raise PrototxtError(f"not a usable file name ({err})", file=path) from None
     return parse_binary(data, msg, file=path)
 
 
@@ -109,7 +113,7 @@ def _looks_binary(path: PathLike) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
-    except OSError:
+    except (OSError, ValueError):    # unreadable or not a valid path: read_text reports it
         return False
     try:
         head.decode("utf-8")

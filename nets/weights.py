@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -20,7 +21,7 @@ import h5py
 import numpy as np
 
 from fcnwild.nets import caffe_pb2, wire
-from fcnwild.nets.atomic import atomic_path, atomic_write
+from fcnwild.nets.atomic import atomic_h5, atomic_write
 from fcnwild.nets.errors import WeightsError
 
 PathLike = str | os.PathLike
@@ -33,6 +34,13 @@ _V0_NAME, _V0_BLOBS = 1, 50
 _BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
 _BLOB_DATA, _BLOB_SHAPE, _BLOB_DOUBLE_DATA = 5, 7, 8
 _SHAPE_DIM = 1
+
+# A blob's index within its layer: ASCII digits only (str.isdigit also accepts "²").
+_INDEX = re.compile(r"[0-9]+")
+# Deflate, the compression every HDF5 build has, cannot expand data more than ~1032x.
+_MAX_COMPRESSION_RATIO = 1032
+# What h5py raises for a damaged file's internals (bad heaps, link loops, missing chunks).
+H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -353,44 +361,92 @@ def _open_hdf5(path: Path) -> WeightsFile:
     except OSError as err:
         raise WeightsError(f"not a readable HDF5 file ({err})", file=path) from None
     result._closers.append(h5.close)
-    if "data" not in h5 or not isinstance(h5["data"], h5py.Group):
-        found = sorted(h5.keys())
-        result.close()
-        raise WeightsError("HDF5 weights need a group '/data' (Caffe's Net::ToHDF5 layout) "
-                           f"but the file holds {found}", file=path)
     try:
-        for name, group in h5["data"].items():
-            result._layers[name] = _h5_layer_blobs(path, name, group)
+        data = h5.get("data")
+        if not isinstance(data, h5py.Group):
+            raise WeightsError("HDF5 weights need a group '/data' (Caffe's Net::ToHDF5 layout) "
+                               f"but the file holds {sorted(h5.keys())}", file=path)
+        groups = list(data.items())
+        total = sum(len(group) for _, group in groups if isinstance(group, h5py.Group))
+        for name, group in groups:
+            result._layers[name] = _h5_layer_blobs(path, name, group, total)
     except WeightsError:
         result.close()
         raise
+    except H5_ERRORS as err:
+        result.close()
+        raise WeightsError(f"corrupted HDF5 weights file ({type(err).__name__}: {err})",
+                           file=path) from None
     return result
 
 
-def _h5_layer_blobs(path: Path, name: str, group) -> list[StoredBlob | None]:
-    if not isinstance(group, h5py.Group) or any(not k.isdigit() for k in group.keys()):
+def _h5_layer_blobs(path: Path, name: str, group, total: int) -> list[StoredBlob | None]:
+    if not isinstance(group, h5py.Group) or any(not _INDEX.fullmatch(k) for k in group.keys()):
         raise WeightsError(f"'/data/{name}' must be a group of datasets named 0, 1, ...",
                            file=path, layer=name)
+    indices = {int(k) for k in group.keys()}
+    check_gap_index(max(indices, default=-1), total, path, name)
     blobs: list[StoredBlob | None] = []
-    for i in range(1 + max((int(k) for k in group.keys()), default=-1)):
-        dataset = group.get(str(i))
-        if dataset is None:
+    for i in range(1 + max(indices, default=-1)):
+        if i not in indices:
             blobs.append(None)   # a shared param: Caffe writes it only under its owner
             continue
-        if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind != "f":
-            raise WeightsError(f"'/data/{name}/{i}' is not a float dataset", file=path,
-                               layer=name)
-        blobs.append(StoredBlob(tuple(int(d) for d in dataset.shape), False,
-                                _h5_reader(dataset)))
+        where = f"'/data/{name}/{i}'"
+        dataset = group.get(str(i))
+        if dataset is None:
+            raise WeightsError(f"{where} is a link to nothing (a dangling soft or external "
+                               "link)", file=path, layer=name)
+        blobs.append(StoredBlob(h5_blob_shape(dataset, where, path, layer=name), False,
+                                _h5_reader(dataset, where, path, name)))
     return blobs
 
 
-def _h5_reader(dataset: h5py.Dataset) -> Callable[[np.ndarray], None]:
+def check_gap_index(index: int, total: int, path: Path, layer: str) -> None:
+    """Files that store a shared param only under its owner leave gaps in a layer's
+    indices; a gap stands for a blob stored elsewhere in the file, so no index can
+    reach past the file's whole count of blobs (and a lying index cannot make us
+    build a list of billions of gaps)."""
+    if index >= total:
+        raise WeightsError(f"blob index {index} of a file holding {total} blobs", file=path,
+                           layer=layer)
+
+
+def h5_blob_shape(dataset, where: str, path: Path, layer: str | None = None
+                  ) -> tuple[int, ...]:
+    """The shape of a float dataset whose values are really stored in the file.
+
+    Checked before anything is allocated: an HDF5 dataset may declare any shape
+    and store nothing (unwritten data reads as the fill value), keep its values
+    in other files (external or virtual storage), or be null or non-numeric."""
+    if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind != "f" \
+            or dataset.shape is None:
+        raise WeightsError(f"{where} is not a float dataset", file=path, layer=layer)
+    shape = tuple(int(d) for d in dataset.shape)
+    plist = dataset.id.get_create_plist()
+    if plist.get_external_count() or plist.get_layout() == h5py.h5d.VIRTUAL:
+        raise WeightsError(f"{where} keeps its values in other files (external or virtual "
+                           "storage); weights must be stored in the file itself", file=path,
+                           layer=layer)
+    declared = int(np.prod(shape, dtype=object)) * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    limit = stored * (_MAX_COMPRESSION_RATIO if plist.get_nfilters() else 1)
+    if declared > limit:
+        raise WeightsError(f"{where} declares shape {shape} ({declared} bytes) but the file "
+                           f"stores {stored} bytes for it", file=path, layer=layer)
+    return shape
+
+
+def _h5_reader(dataset: h5py.Dataset, where: str, path: Path, layer: str
+               ) -> Callable[[np.ndarray], None]:
     def read(out: np.ndarray) -> None:
-        if dataset.dtype == np.float32:
-            dataset.read_direct(out.reshape(dataset.shape))
-        else:
-            out[:] = dataset[()].astype(np.float32).reshape(-1)
+        try:
+            if dataset.dtype == np.float32:
+                dataset.read_direct(out.reshape(dataset.shape))
+            else:
+                out[:] = dataset[()].astype(np.float32).reshape(-1)
+        except H5_ERRORS as err:
+            raise WeightsError(f"cannot read {where} ({type(err).__name__}: {err})",
+                               file=path, layer=layer) from None
     return read
 
 
@@ -399,18 +455,17 @@ def write_caffemodel_h5(path: PathLike, layer_names: Iterable[str],
                         diffs: Mapping[str, Mapping[int, np.ndarray]] | None = None) -> None:
     """Caffe's Net::ToHDF5: a group per layer under /data (and /diff); shared params are
     written only by their owner, so ``blobs[layer]`` maps param index -> array."""
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            data = h5.create_group("data")
-            diff = h5.create_group("diff") if diffs is not None else None
-            for name in layer_names:
-                group = data.create_group(name)
-                for i, array in blobs.get(name, {}).items():
-                    group.create_dataset(str(i), data=np.asarray(array, dtype=np.float32))
-                if diff is not None:
-                    dgroup = diff.create_group(name)
-                    for i, array in diffs.get(name, {}).items():
-                        dgroup.create_dataset(str(i), data=np.asarray(array, dtype=np.float32))
+    with atomic_h5(path) as h5:
+        data = h5.create_group("data")
+        diff = h5.create_group("diff") if diffs is not None else None
+        for name in layer_names:
+            group = data.create_group(name)
+            for i, array in blobs.get(name, {}).items():
+                group.create_dataset(str(i), data=np.asarray(array, dtype=np.float32))
+            if diff is not None:
+                dgroup = diff.create_group(name)
+                for i, array in diffs.get(name, {}).items():
+                    dgroup.create_dataset(str(i), data=np.asarray(array, dtype=np.float32))
 
 
 # --- torch state dict ------------------------------------------------------------------------
@@ -429,25 +484,32 @@ def _open_torch(path: Path) -> WeightsFile:
     grouped: dict[str, dict[int, object]] = {}
     for key, tensor in state.items():
         layer, _, index = str(key).rpartition("/")
-        if not layer or not index.isdigit() or not isinstance(tensor, torch.Tensor):
+        if not layer or not _INDEX.fullmatch(index) or not isinstance(tensor, torch.Tensor):
             raise WeightsError(f"state dict entry {key!r} is not '<layer>/<index>' -> tensor",
                                file=path)
-        grouped.setdefault(layer, {})[int(index)] = tensor
+        grouped.setdefault(layer, {})[int(index)] = _tensor_blob(tensor, key, path)
     for layer, by_index in grouped.items():
-        blobs: list[StoredBlob | None] = []
-        for i in range(1 + max(by_index)):
-            tensor = by_index.get(i)
-            blobs.append(None if tensor is None else _tensor_blob(tensor))
-        result._layers[layer] = blobs
+        check_gap_index(max(by_index), len(state), path, layer)
+        result._layers[layer] = [by_index.get(i) for i in range(1 + max(by_index))]
     return result
 
 
-def _tensor_blob(tensor) -> StoredBlob:
-    values = tensor.detach().float().contiguous().numpy()
+def _tensor_blob(tensor, key: str, path: Path) -> StoredBlob:
+    """A dense floating-point tensor whose elements are all in its stored bytes: a
+    stride-0 (expanded) view of a few bytes must not turn into terabytes here."""
+    import torch
+    if tensor.layout != torch.strided or not tensor.is_floating_point():
+        raise WeightsError(f"state dict entry {key!r} is a {tensor.layout} {tensor.dtype} "
+                           "tensor; expected a dense floating-point tensor", file=path)
+    stored = tensor.untyped_storage().nbytes()
+    if tensor.numel() * tensor.element_size() > stored:
+        raise WeightsError(f"state dict entry {key!r} declares shape {tuple(tensor.shape)} "
+                           f"but its storage holds {stored} bytes", file=path)
+    shape = tuple(tensor.shape)
 
     def read(out: np.ndarray) -> None:
-        out[:] = values.reshape(-1)
-    return StoredBlob(tuple(values.shape), False, read)
+        out[:] = tensor.detach().float().contiguous().numpy().reshape(-1)
+    return StoredBlob(shape, False, read)
 
 
 def write_torch_weights(path: PathLike, blobs: Mapping[str, Mapping[int, np.ndarray]]) -> None:

@@ -7,8 +7,6 @@ saved in snapshots.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from fcnwild.nets import caffe_pb2
@@ -40,26 +38,31 @@ class LearningRate:
         self.current_step = 0
 
     def rate(self, iteration: int) -> float:
+        # numpy float64 scalars are C doubles: like Caffe's pow/exp they overflow to inf and
+        # give NaN for a negative base, where Python floats raise or turn complex.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _f32(self._rate(iteration))
+
+    def _rate(self, iteration: int) -> np.float64:
         p = self.param
-        base_lr, gamma, power = _f32(p.base_lr), _f32(p.gamma), _f32(p.power)
+        base_lr, gamma, power = (np.float64(_f32(v)) for v in (p.base_lr, p.gamma, p.power))
         if self.policy == "fixed":
-            rate = base_lr
-        elif self.policy == "step":
+            return base_lr
+        if self.policy == "step":
             self.current_step = iteration // p.stepsize
-            rate = base_lr * gamma ** self.current_step
-        elif self.policy == "exp":
-            rate = base_lr * gamma ** iteration
-        elif self.policy == "inv":
-            rate = base_lr * (1.0 + gamma * iteration) ** (-power)
-        elif self.policy == "multistep":
+            return base_lr * gamma ** self.current_step
+        if self.policy == "exp":
+            return base_lr * gamma ** iteration
+        if self.policy == "inv":
+            return base_lr * (1.0 + gamma * iteration) ** (-power)
+        if self.policy == "multistep":
             if self.current_step < len(p.stepvalue) and \
                     iteration >= p.stepvalue[self.current_step]:
                 self.current_step += 1
-            rate = base_lr * gamma ** self.current_step
-        elif self.policy == "poly":
+            return base_lr * gamma ** self.current_step
+        if self.policy == "poly":
             # Caffe evaluates 1 - iter/max_iter in float32.
             fraction = np.float32(1.0) - np.float32(iteration) / np.float32(p.max_iter)
-            rate = base_lr * float(fraction) ** power
-        else:  # sigmoid
-            rate = base_lr * (1.0 / (1.0 + math.exp(-gamma * (iteration - p.stepsize))))
-        return _f32(rate)
+            return base_lr * np.float64(fraction) ** power
+        # sigmoid
+        return base_lr * (1.0 / (1.0 + np.exp(-gamma * (iteration - p.stepsize))))

@@ -16,6 +16,7 @@ rank 0 tests, logs and writes snapshots (which hold every rank's RNG state).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ from fcnwild.nets.net import Net
 from fcnwild.nets.prototxt import read_net_param, read_solver_param
 from fcnwild.nets.upgrade import upgrade_net
 from fcnwild.solvers.lr_policy import LearningRate
-from fcnwild.solvers.snapshot import read_solverstate, write_solverstate
+from fcnwild.solvers.snapshot import learned_net_path, read_solverstate, write_solverstate
 from fcnwild.solvers.update_rules import make_rule
 
 log = logging.getLogger("fcnwild.solver")
@@ -98,12 +99,16 @@ class Solver:
     def _resolve(self, name: str) -> Path:
         """Net files resolve against the solver file's folder first, then the cwd."""
         candidate = self.root / name
-        return candidate if candidate.exists() or not Path(name).exists() else Path(name)
+        return candidate if os.path.exists(candidate) or not os.path.exists(name) else Path(name)
 
     def _net_param(self, path_or_param) -> tuple[caffe_pb2.NetParameter, str | None]:
         if isinstance(path_or_param, caffe_pb2.NetParameter):
             return upgrade_net(path_or_param), None
         path = self._resolve(path_or_param)
+        if not os.path.exists(path) or os.path.isdir(path):
+            what = "is a directory" if os.path.isdir(path) else "does not exist"
+            raise SolverError(f"the solver's net file '{path_or_param}' {what} "
+                              f"(looked for {path})", file=self.file)
         return read_net_param(path), str(path)
 
     def _build_train_net(self) -> Net:
@@ -266,6 +271,9 @@ class Solver:
         params = [self.net.learnable_params[i] for i in indices]
         diffs = [_diff(entry.tensor) for entry in params]
         self._clip_gradients(diffs)
+        if not _all_finite(diffs):
+            # Checked before the rule folds them into its history: the state is still good.
+            self._diverged("a gradient is not finite")
         for i, entry, diff in zip(indices, params, diffs):
             data = entry.tensor.detach()
             if p.iter_size > 1:
@@ -278,7 +286,10 @@ class Solver:
                     diff.add_(torch.sign(data), alpha=local_decay)
             local_rate = float(np.float32(rate) * np.float32(entry.lr_mult))
             self.rule.compute_update(i, data, diff, local_rate, self.iter)
-            data.sub_(diff)
+        if not _all_finite(diffs):
+            self._diverged("the update rule produced a non-finite update", save=False)
+        for entry, diff in zip(params, diffs):
+            entry.tensor.detach().sub_(diff)
 
     def _clip_gradients(self, diffs: Sequence[torch.Tensor]) -> None:
         clip = self.param.clip_gradients
@@ -306,10 +317,13 @@ class Solver:
             self.smoothed_loss += (loss - self.losses[idx]) / window
             self.losses[idx] = loss
 
-    def _diverged(self, what: str) -> None:
-        """Stop with the last good weights saved (the update was not applied yet)."""
+    def _diverged(self, what: str, save: bool = True) -> None:
+        """Stop with the last good state saved (the update was not applied yet); with
+        ``save=False`` (the update rule's history is already spoiled) nothing is written."""
         culprit = _first_non_finite(self.net)
-        if _params_finite(self.net):
+        spoiled = "the solver history is" if not save else \
+            None if _params_finite(self.net) else "the weights are"
+        if spoiled is None:
             try:
                 model, state = self.snapshot()
                 saved = f"; the last good state was saved as {model} and {state}"
@@ -318,7 +332,7 @@ class Solver:
         else:
             last = f" (the last snapshot is {self.last_snapshot[1]})" if self.last_snapshot \
                 else ""
-            saved = f"; the weights are no longer finite, so no snapshot was written{last}"
+            saved = f"; {spoiled} no longer finite, so no snapshot was written{last}"
         raise DivergenceError(f"training diverged: {what}{culprit}{saved}",
                               iteration=self.iter, file=self.file)
 
@@ -350,30 +364,44 @@ class Solver:
                 index += 1
 
     # ------------------------------------------------------------------ snapshots
+    @property
+    def snapshot_prefix(self) -> Path:
+        """``snapshot_prefix``, relative to the solver file's folder."""
+        prefix = Path(self.param.snapshot_prefix)
+        return prefix if prefix.is_absolute() or self.file is None else self.root / prefix
+
     def snapshot_filename(self, extension: str) -> Path:
-        prefix = self.param.snapshot_prefix
-        path = Path(f"{prefix}_iter_{self.iter}{extension}")
-        return path if path.is_absolute() or self.file is None else self.root / path
+        return Path(f"{self.snapshot_prefix}_iter_{self.iter}{extension}")
 
     def snapshot(self) -> tuple[Path, Path]:
         """Write ``<prefix>_iter_N.caffemodel[.h5]`` then the solver state (both atomic).
 
         Every rank must call it (it gathers the ranks' RNG states); rank 0 writes."""
+        if not _params_finite(self.net):
+            self._diverged("the parameters are not finite")     # never snapshot them
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
         model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
         state = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
         resume_state = self._resume_state()
         if self.rank != 0:
             return model, state
+        written: list[Path] = []
         try:
             model.parent.mkdir(parents=True, exist_ok=True)
             self.net.save(model)
+            written.append(model)
             write_solverstate(state, self.iter, model.name, self.lr.current_step,
                               [h.detach().cpu().numpy() for h in self.rule.history],
                               resume_state)
         except OSError as err:
-            raise SolverError(f"cannot write snapshot {model.name}: {err.strerror or err}; "
-                              "earlier snapshots are untouched", file=err.filename or model,
+            # Weights without their state are no snapshot; nothing half-done is left behind.
+            for path in written:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            failed = state if written else model
+            raise SolverError(f"cannot write snapshot {failed.name}: {err.strerror or err}; "
+                              f"no snapshot of iteration {self.iter} was kept, earlier "
+                              "snapshots are untouched", file=failed,
                               iteration=self.iter) from None
         log.info("Snapshotting to %s and %s", model, state)
         self.last_snapshot = (model, state)
@@ -420,10 +448,11 @@ class Solver:
             except WeightsError as err:
                 raise SolverError(f"corrupted solver state: {err.detail}", file=path) from None
             if state.learned_net:
-                learned = Path(state.learned_net)
-                if not learned.is_absolute():
-                    beside = path.parent / learned
-                    learned = beside if beside.exists() else learned
+                learned = learned_net_path(path, state.learned_net)
+                if not os.path.exists(learned):
+                    raise SolverError(f"the snapshot's weights file '{state.learned_net}' does "
+                                      f"not exist (looked beside the snapshot and in the "
+                                      "working directory)", file=path)
                 self.net.copy_from(learned)
             self.iter = state.iter
             self.lr.current_step = state.current_step
@@ -447,7 +476,8 @@ class Solver:
                 device = _net_device(self.net)
                 if device.type == "cuda" and "cuda" in rng:
                     torch.cuda.set_rng_state(_from_b64(rng["cuda"]), device)
-        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError,
+                RuntimeError) as err:
             raise SolverError(f"the snapshot's fcnwild resume state is damaged ({err!r})",
                               file=path) from None
         except FcnwildError as err:
@@ -505,11 +535,20 @@ def _diff(param: torch.nn.Parameter) -> torch.Tensor:
 
 
 def _params_finite(net: Net) -> bool:
-    return all(bool(torch.isfinite(e.tensor).all()) for e in net.learnable_params)
+    return _all_finite([e.tensor for e in net.learnable_params])
+
+
+def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """One device sync for the lot, not one per tensor."""
+    if not tensors:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def _first_non_finite(net: Net) -> str:
-    """Where NaN/Inf first shows: a param, a param diff, or a blob, in layer order."""
+    """Where NaN/Inf first shows, in the order the values were computed: params and top
+    blobs in layer order (the forward pass), then param diffs in reverse layer order
+    (the backward pass)."""
     for i, layer in enumerate(net.layers):
         for k, blob in enumerate(layer.blobs):
             if not bool(torch.isfinite(blob).all()):
@@ -518,6 +557,7 @@ def _first_non_finite(net: Net) -> str:
             tensor = net.blobs[name]._data
             if tensor is not None and not bool(torch.isfinite(tensor).all()):
                 return f"; first non-finite value in blob '{name}' (top of layer '{layer.name}')"
+    for layer in reversed(net.layers):
         for k, blob in enumerate(layer.blobs):
             if blob.grad is not None and not bool(torch.isfinite(blob.grad).all()):
                 return f"; first non-finite diff in param {k} of layer '{layer.name}'"
@@ -529,5 +569,6 @@ def _default_snapshot_prefix(param: caffe_pb2.SolverParameter, path: Path) -> No
     prefix gets the solver file's stem appended."""
     if not param.HasField("snapshot_prefix"):
         param.snapshot_prefix = str(path.with_suffix("").name)
-    elif (path.parent / param.snapshot_prefix).is_dir() or param.snapshot_prefix.endswith("/"):
+    elif os.path.isdir(path.parent / param.snapshot_prefix) or \
+            param.snapshot_prefix.endswith("/"):
         param.snapshot_prefix = str(Path(param.snapshot_prefix) / path.stem)

@@ -52,7 +52,7 @@ def run_layers(case: CaffeCase, dtype: torch.dtype, device: str = "cpu"):
         assert isinstance(tops, tuple) and len(tops) == len(lp.top)
         for name, top, shape in zip(lp.top, tops, top_shapes):
             assert tuple(top.shape) == tuple(shape), f"{lp.name}: reshape() disagrees with forward"
-            assert top.dtype == dtype and top.device.type == device
+            assert top.dtype == dtype and top.device.type == torch.device(device).type
             blobs[name] = top
         layers[lp.name] = layer
         records.append((lp, layer, bottoms, tops))
@@ -106,8 +106,8 @@ def check_case(name: str, dtype: torch.dtype, device: str = "cpu") -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name", UNIT_CASES)
-def test_unit_case_matches_caffe(name: str, dtype: torch.dtype) -> None:
-    check_case(name, dtype)
+def test_unit_case_matches_caffe(name: str, dtype: torch.dtype, device: str) -> None:
+    check_case(name, dtype, device)
 
 
 def test_every_unit_case_is_covered() -> None:

@@ -102,6 +102,19 @@ def test_loss_gradient_and_target_follow_the_constraints(tmp_path):
     assert torch.all(fractions[present] <= layer.upper.expand_as(fractions)[present] + 1e-3)
 
 
+def test_absent_classes_keep_their_mass_when_not_suppressed(tmp_path):
+    layer = make_layer(tmp_path, "suppress_absent: false", bottoms=2)
+    labels = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 1, 1, 1]], dtype=torch.float32)
+    scores = torch.randn(2, C, 6, 7)
+    layer(scores, labels)
+    P, absent = layer.last_solution.P, ~(labels > 0.5)
+    assert torch.all(P.mean((2, 3))[absent] > 0)
+    # Suppressed (the default), the same image gives those classes no mass at all.
+    suppressing = make_layer(tmp_path, bottoms=2)
+    suppressing(scores, labels)
+    assert torch.all(suppressing.last_solution.P.mean((2, 3))[absent] == 0)
+
+
 def test_image_labels_from_a_bottom_replace_the_prediction(tmp_path):
     layer = make_layer(tmp_path, bottoms=2)
     labels = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 1, 0, 0]], dtype=torch.float32)

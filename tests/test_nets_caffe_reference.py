@@ -13,13 +13,13 @@ from fcnwild.nets.reference import compare_with_reference, format_table
 NET_CASES = [n for n in case_names() if not n.startswith("solver_")]
 
 
-def run_case(name: str):
+def run_case(name: str, device: str = "cpu"):
     case = FIXTURES / name
     meta = json.loads((case / "meta.json").read_text())
     weights = case / "weights.caffemodel"
     if (case / "weights.caffemodel.h5").exists():
         weights = case / "weights.caffemodel.h5"
-    net = Net(case / "net.prototxt", weights=weights, phase=meta["phase"].lower())
+    net = Net(case / "net.prototxt", weights=weights, phase=meta["phase"].lower()).to(device)
     tol = meta["tolerances"]
     # The case's rule is atol + rtol*max|ref|; ours is max(atol, rtol*max|ref|), which is
     # never looser than the case's for the same pair.
@@ -32,8 +32,8 @@ def run_case(name: str):
 
 
 @pytest.mark.parametrize("name", NET_CASES)
-def test_case_matches_caffe(name):
-    net, results = run_case(name)
+def test_case_matches_caffe(name, device):
+    net, results = run_case(name, device)
     assert results, "nothing was compared"
     assert all(r.passed for r in results), "\n" + format_table(results)
 

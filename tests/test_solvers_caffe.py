@@ -39,12 +39,13 @@ def make_solver(case: Path, tmp_path: Path) -> Solver:
 
 
 @pytest.mark.parametrize("name", TRAJECTORY_CASES)
-def test_trajectory_matches_caffe(name, tmp_path):
+def test_trajectory_matches_caffe(name, tmp_path, device):
     case = CAFFE / name
     meta = json.loads((case / "meta.json").read_text())
     ref = h5py.File(case / "blobs.h5", "r")
     solver = make_solver(case, tmp_path)
     solver.net.copy_from(case / "weights.caffemodel")
+    solver.to(device)
     assert_weights(solver, ref["solver/iter_0"], meta, "initial weights")
     losses = []
     solver.hooks.append(lambda s, loss: losses.append(loss))

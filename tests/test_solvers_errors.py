@@ -1,17 +1,25 @@
 """Bad solver input, bad snapshots, divergence and failing snapshot writes: clear errors."""
 from __future__ import annotations
 
+import argparse
+import errno
 import json
+import logging
+import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from fcnwild.nets import atomic as atomic_module
+from fcnwild.nets import wire
 from fcnwild.nets.errors import DivergenceError, FcnwildError, SolverError
 from fcnwild.solvers import snapshot as snapshot_module
-from fcnwild.solvers.snapshot import read_solverstate, write_solverstate
+from fcnwild.solvers.snapshot import (latest_snapshot, list_snapshots, read_solverstate,
+                                      write_solverstate)
 from fcnwild.solvers.solver import Solver
+from fuzz_harness import memory_cap
 from solver_cases import segmentation_net, solver_text, weights, write, write_hdf5_source
 
 STATE_SUFFIX = {"BINARYPROTO": ".solverstate", "HDF5": ".solverstate.h5"}
@@ -225,3 +233,283 @@ def test_interrupted_solverstate_write_leaves_no_file_under_the_final_name(
     assert f"run_iter_4{STATE_SUFFIX[fmt]}" not in after
     assert not [name for name in after if name.startswith(".")]      # no temporary left over
     assert {k: v for k, v in after.items() if "iter_2" in k} == before
+
+
+# ------------------------------------------------------------------ more divergence
+_POWER_NET = """name: "power"
+layer { name: "data" type: "HDF5Data" top: "data" top: "label"
+  hdf5_data_param { source: "train.txt" batch_size: 2 } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  param { lr_mult: 1 } param { lr_mult: 0 }
+  convolution_param { num_output: 4 kernel_size: 1 bias_filler { type: "constant" value: 0 } } }
+layer { name: "sqrt" type: "Power" bottom: "conv1" top: "sqrt" power_param { power: 0.5 } }
+layer { name: "score" type: "Convolution" bottom: "sqrt" top: "score"
+  convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" }
+"""
+
+
+def test_nan_gradient_under_a_finite_loss_stops_with_the_last_good_state(tmp_path):
+    """sqrt of an all-zero conv1 output: a finite loss, Caffe's slope power * y / x = 0/0,
+    NaN diffs."""
+    write_hdf5_source(tmp_path, "train", rows=[8], seed=4)
+    with h5py.File(tmp_path / "train_0.h5", "a") as h5:
+        h5["data"][...] = np.abs(h5["data"][()])
+        h5["data"][4:6] = 0.0                    # the batch of iteration 2
+    write(tmp_path / "net.prototxt", _POWER_NET)
+    path = _solver_file(tmp_path, max_iter=4, snapshot=1, base_lr=1e-4, weight_decay=0.0)
+    solver = Solver(path)
+    solver.net.params["conv1"][0].data[...] = 0.5   # stays positive: sqrt(x > 0) elsewhere
+    with pytest.raises(DivergenceError) as info:
+        solver.solve()
+    err = info.value
+    assert err.iteration == 2 and err.file == str(path)
+    assert "a gradient is not finite" in str(err)
+    assert "first non-finite diff in param 0 of layer 'conv1'" in str(err)
+    state = tmp_path / "snapshots/run_iter_2.solverstate"
+    assert str(state) in str(err)
+    with read_solverstate(state) as saved:
+        assert all(np.isfinite(h.load()).all() for h in saved.history)
+    for blobs in weights(tmp_path / "snapshots/run_iter_2.caffemodel").values():
+        assert all(np.isfinite(b).all() for b in blobs)
+
+
+def test_infinite_update_is_never_applied_nor_snapshotted(folder):
+    """lr_policy step with gamma inf: the rate becomes inf at iteration 3 (a C double
+    overflow, not a Python exception), so the update would be inf/NaN."""
+    path = _solver_file(folder, max_iter=6, snapshot=2, lr_policy="step", stepsize=3,
+                        gamma=float("inf"))
+    solver = Solver(path)
+    with pytest.raises(DivergenceError) as info:
+        solver.solve()
+    err = info.value
+    assert err.iteration == 3 and "the update rule produced a non-finite update" in str(err)
+    # every update is inf; diffs are searched in backward order, so the last layer is named
+    assert "first non-finite diff in param 0 of layer 'score'" in str(err)
+    assert "no snapshot was written (the last snapshot is" in str(err)
+    assert str(folder / "snapshots/run_iter_2.solverstate") in str(err)
+    assert sorted(p.name for p in (folder / "snapshots").iterdir()) == [
+        "run_iter_2.caffemodel", "run_iter_2.solverstate"]
+    assert all(np.isfinite(p.data).all() for blobs in solver.net.params.values() for p in blobs)
+
+
+def test_nan_weights_load_and_training_names_the_first_bad_layer(folder):
+    path = _solver_file(folder, max_iter=2, snapshot=1)
+    source = Solver(path)
+    source.net.params["score"][0].data[0, 0] = np.nan
+    source.net.save(folder / "nan.caffemodel")
+    solver = Solver(path)
+    solver.net.copy_from(folder / "nan.caffemodel")          # NaN weights are valid data
+    with pytest.raises(DivergenceError) as info:
+        solver.solve()
+    err = info.value
+    assert err.iteration == 0 and "loss is nan" in str(err)
+    assert "first non-finite value in param 0 of layer 'score'" in str(err)
+    assert "the weights are no longer finite, so no snapshot was written" in str(err)
+    assert not (folder / "snapshots").exists()
+
+
+def test_non_finite_weights_are_never_snapshotted(folder):
+    solver = Solver(_solver_file(folder))
+    solver.net.params["conv1"][1].data[2] = np.inf
+    with pytest.raises(DivergenceError, match="the parameters are not finite; first "
+                       "non-finite value in param 1 of layer 'conv1'"):
+        solver.snapshot()
+    assert not (folder / "snapshots").exists()
+
+
+# ------------------------------------------------------------------ disk full, no permission
+class _FullDisk:
+    """A file object whose writes fail with ENOSPC once ``room`` bytes are written."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if size > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= size
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.file.__exit__(*exc)
+
+
+def _disk_fills_up_after(monkeypatch, room: int, nth_file: int) -> None:
+    """The ``nth_file``-th file opened by atomic writes (0: the weights, 1: the solver
+    state) gets ``room`` bytes before the disk is full."""
+    fdopen, opened = os.fdopen, []
+
+    def full_fdopen(fd, *args, **kwargs):
+        file = fdopen(fd, *args, **kwargs)
+        opened.append(fd)
+        return _FullDisk(file, room) if len(opened) - 1 == nth_file else file
+    monkeypatch.setattr(atomic_module.os, "fdopen", full_fdopen)
+
+
+@pytest.mark.parametrize("fmt", ["BINARYPROTO", "HDF5"])
+@pytest.mark.parametrize("nth_file", [0, 1], ids=["weights", "state"])
+def test_disk_full_while_snapshotting_keeps_the_previous_snapshot(folder, monkeypatch, fmt,
+                                                                   nth_file):
+    solver = Solver(_solver_file(folder, snapshot_format=fmt, max_iter=4, snapshot=2))
+    solver.step(2)
+    before = _snapshot_files(folder / "snapshots")
+    _disk_fills_up_after(monkeypatch, 300, nth_file)
+    with pytest.raises(SolverError) as info:
+        solver.step(2)
+    failed = (MODEL_SUFFIX if nth_file == 0 else STATE_SUFFIX)[fmt]
+    err = info.value
+    assert type(err) is SolverError and err.iteration == 4
+    assert err.file == str(folder / f"snapshots/run_iter_4{failed}")
+    assert f"cannot write snapshot run_iter_4{failed}: No space left on device; no snapshot " \
+           "of iteration 4 was kept" in str(err)
+    assert _snapshot_files(folder / "snapshots") == before      # no weights without a state
+    monkeypatch.undo()
+    assert latest_snapshot(folder / "snapshots/run") == \
+        folder / f"snapshots/run_iter_2{STATE_SUFFIX[fmt]}"
+
+
+def test_permission_denied_while_snapshotting(folder, monkeypatch):
+    solver = Solver(_solver_file(folder, max_iter=4, snapshot=2))
+    solver.step(2)
+    before = _snapshot_files(folder / "snapshots")
+
+    def refused(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), dir)
+    monkeypatch.setattr(atomic_module.tempfile, "mkstemp", refused)
+    with pytest.raises(SolverError, match="cannot write snapshot run_iter_4.caffemodel: "
+                       "Permission denied") as info:
+        solver.step(2)
+    assert info.value.file == str(folder / "snapshots/run_iter_4.caffemodel")
+    assert _snapshot_files(folder / "snapshots") == before
+
+
+# ------------------------------------------------------------------ the newest complete snapshot
+def _snapshots(folder: Path, fmt: str = "BINARYPROTO") -> Solver:
+    solver = Solver(_solver_file(folder, snapshot_format=fmt, max_iter=6, snapshot=2))
+    solver.solve()
+    return solver
+
+
+@pytest.mark.parametrize("fmt", ["BINARYPROTO", "HDF5"])
+def test_latest_snapshot_skips_weights_without_a_state(folder, fmt):
+    _snapshots(folder, fmt)
+    (folder / f"snapshots/run_iter_6{STATE_SUFFIX[fmt]}").unlink()   # killed between the two
+    prefix = folder / "snapshots/run"
+    assert list_snapshots(prefix) == [folder / f"snapshots/run_iter_{i}{STATE_SUFFIX[fmt]}"
+                                      for i in (4, 2)]
+    assert latest_snapshot(prefix) == folder / f"snapshots/run_iter_4{STATE_SUFFIX[fmt]}"
+    assert latest_snapshot(folder / "elsewhere/run") is None
+
+
+@pytest.mark.parametrize("fmt", ["BINARYPROTO", "HDF5"])
+@pytest.mark.parametrize("damage", ["truncated state", "truncated weights", "missing weights"])
+def test_damaged_newest_snapshot_is_reported_and_skipped_only_on_request(folder, fmt, damage):
+    _snapshots(folder, fmt)
+    state = folder / f"snapshots/run_iter_6{STATE_SUFFIX[fmt]}"
+    model = folder / f"snapshots/run_iter_6{MODEL_SUFFIX[fmt]}"
+    if damage == "missing weights":
+        model.unlink()
+    else:
+        target = state if damage == "truncated state" else model
+        target.write_bytes(target.read_bytes()[:len(target.read_bytes()) // 2])
+    prefix = folder / "snapshots/run"
+    with pytest.raises(SolverError, match="newest snapshot under") as info:
+        latest_snapshot(prefix)
+    assert type(info.value) is SolverError and info.value.file == str(state)
+    if damage != "truncated state":
+        assert "weights file" in str(info.value)
+    assert latest_snapshot(prefix, fallback=True) == \
+        folder / f"snapshots/run_iter_4{STATE_SUFFIX[fmt]}"
+
+
+def test_train_resumes_from_the_latest_snapshot_and_falls_back_only_when_asked(folder, caplog):
+    from fcnwild.tools import train_cmd
+    path = _solver_file(folder, max_iter=6, snapshot=2)
+    _snapshots(folder)
+    state6 = folder / "snapshots/run_iter_6.solverstate"
+    state6.write_bytes(state6.read_bytes()[:40])
+    stale = folder / "snapshots/.run_iter_8.caffemodel.abc123.tmp"
+    stale.write_bytes(b"left by a kill")
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    with pytest.raises(SolverError, match="newest snapshot") as info:
+        train_cmd.run(parser.parse_args(["--solver", str(path), "--snapshot", "latest",
+                                         "--quiet"]))
+    assert info.value.file == str(state6)
+    assert not stale.exists()
+    with caplog.at_level(logging.INFO):
+        assert train_cmd.run(parser.parse_args(["--solver", str(path), "--snapshot", "latest",
+                                                "--snapshot-fallback", "--quiet"])) == 0
+    assert "Skipping damaged snapshot" in caplog.text
+    assert f"Restoring previous solver status from {folder / 'snapshots/run_iter_4.solverstate'}" \
+        in caplog.text
+    assert read_solverstate(state6).iter == 6        # rewritten whole by the resumed run
+
+
+# ------------------------------------------------------------------ more damaged solver states
+def _binary_state(path: Path, *fields: bytes) -> Path:
+    path.write_bytes(b"".join(fields))
+    return path
+
+
+@pytest.mark.parametrize("fields, match", [
+    ([wire.key(1, wire.VARINT) + wire.encode_varint(2**64 - 1)], "iter is 18446744073709551615"),
+    ([wire.length_prefix(2, 2) + b"\xff\xfe"], "a text field is not UTF-8"),
+    ([wire.length_prefix(3, 2**40) + b"\x00"], "corrupted or truncated solver state"),
+])
+def test_binary_solverstate_with_lying_fields(tmp_path, fields, match):
+    path = _binary_state(tmp_path / "bad.solverstate", *fields)
+    with pytest.raises(SolverError, match=match) as info:
+        read_solverstate(path)
+    assert info.value.file == str(path)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda h5: (h5.__delitem__("history/0"),
+                 h5.create_dataset("history/0", shape=(2**40,), dtype="f4")),
+     r"history blob 0 declares shape \(1099511627776,\)"),
+    (lambda h5: (h5.__delitem__("iter"), h5.create_dataset("iter", data=np.bytes_(b"3"))),
+     "'iter' must be a dataset of one value, an integer"),
+    (lambda h5: (h5.__delitem__("iter"), h5.create_dataset("iter", shape=(10**9,), dtype="i4")),
+     "'iter' must be a dataset of one value"),
+    (lambda h5: (h5.__delitem__("history"),
+                 h5.create_dataset("history", shape=(10**9,), dtype="f4")),
+     "'history' must be a group"),
+])
+def test_hdf5_solverstate_with_lying_datasets(folder, edit, match):
+    state = _trained_snapshot(folder, "HDF5")
+    with h5py.File(state, "a") as h5:
+        edit(h5)
+    with memory_cap(), pytest.raises(SolverError, match=match) as info:
+        Solver(_solver_file(folder, snapshot_format="HDF5")).restore(state)
+    assert info.value.file == str(state)
+
+
+def test_snapshot_naming_missing_weights_is_refused(folder):
+    state = _trained_snapshot(folder)
+    (state.parent / "run_iter_2.caffemodel").unlink()
+    with pytest.raises(SolverError, match="weights file 'run_iter_2.caffemodel' does not "
+                       "exist") as info:
+        Solver(_solver_file(folder)).restore(state)
+    assert info.value.file == str(state)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda extra: {**extra, "data_positions": []},
+    lambda extra: {**extra, "rng": [{"torch": "AAAA", "numpy": ["MT19937", [1] * 3, 0, 0, 0.0]}]},
+    lambda extra: {**extra, "rng": [{"torch": extra["rng"][0]["torch"], "numpy": 10**30}]},
+])
+def test_resume_extension_with_values_of_the_wrong_type(folder, edit):
+    state = _rewrite_resume_state(_trained_snapshot(folder),
+                                  lambda text: json.dumps(edit(json.loads(text))))
+    with pytest.raises(SolverError, match="resume state is damaged") as info:
+        Solver(_solver_file(folder)).restore(state)
+    assert info.value.file == str(state)

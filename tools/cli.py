@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from fcnwild.nets.errors import FcnwildError
+from fcnwild.tools.allocator import retain_freed_memory
 
 # verb -> (module under fcnwild.tools, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    retain_freed_memory()
     try:
         return int(args.run(args) or 0)
     except FcnwildError as err:

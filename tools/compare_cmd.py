@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from fcnwild.nets.net import Net
 from fcnwild.nets.reference import DEFAULT_ATOL, DEFAULT_TOLERANCES, compare_with_reference, \
     format_table
@@ -21,13 +23,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="backward and param-diff tolerance, relative")
     parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="absolute floor")
     parser.add_argument("--forward-only", action="store_true", help="skip backward")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device to run on, e.g. cuda (TF32 is turned off there)")
     parser.add_argument("--allow-python", action="store_true",
                         help="allow Python layers (they run arbitrary code)")
 
 
 def run(args: argparse.Namespace) -> int:
+    # Caffe computes in plain fp32: TF32 would miss the reference tolerances.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     net = Net(args.model, weights=args.weights, phase=args.phase,
-              allow_python=args.allow_python)
+              allow_python=args.allow_python).to(args.device)
     results = compare_with_reference(
         net, args.reference, atol=args.atol, backward=not args.forward_only,
         tolerances={"forward": args.forward_tol, "backward": args.backward_tol,

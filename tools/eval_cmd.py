@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from fcnwild.data.base import SegmentationDataset
+from fcnwild.data.base import SegmentationDataset, skipped_report
 from fcnwild.data.datasets import open_dataset
 from fcnwild.data.evaluation import EvaluationResult, PredictionWriter
 from fcnwild.data.inference import TiledPredictor, evaluate_net
@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threads decoding and counting --predictions PNGs")
     parser.add_argument("--json", metavar="FILE", help="write per-class IoU, the means and the confusion matrix")
     parser.add_argument("--csv", metavar="FILE", help="write the table row as CSV")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable or truncated image or label, or label with "
+                             "ids outside the label space (default: leave such samples out and "
+                             "report them)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -62,12 +66,14 @@ def run(args: argparse.Namespace) -> int:
     if args.predictions is not None:
         result: EvaluationResult | None = score_predictions(
             dataset, args.predictions, encoding=args.prediction_encoding,
-            workers=args.workers, progress=progress)
+            workers=args.workers, progress=progress, strict=args.strict)
     else:
         result = _evaluate_model(args, dataset, progress)
     if result is None:
         print(f"predictions written to {args.save_predictions} (the split has no labels to score)")
         return 0
+    if result.skipped:
+        print(skipped_report(result.skipped), file=sys.stderr)
     print(result.table())
     if args.json:
         result.write_json(args.json)
@@ -84,4 +90,4 @@ def _evaluate_model(args: argparse.Namespace, dataset: SegmentationDataset,
                                output_blob=args.output_blob)
     writer = PredictionWriter(args.save_predictions, dataset.label_space) if args.save_predictions else None
     with torch.no_grad():
-        return evaluate_net(predictor, dataset, writer=writer, progress=progress)
+        return evaluate_net(predictor, dataset, writer=writer, progress=progress, strict=args.strict)

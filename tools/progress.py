@@ -41,3 +41,25 @@ def iteration_progress(solver, disable: bool = False, desc: str = "train") -> It
             yield
         finally:
             solver.hooks.remove(advance)
+
+
+@contextlib.contextmanager
+def stage_progress(disable: bool = False) -> Iterator:
+    """A callback ``(stage, iteration, total)`` drawing one bar per training stage."""
+    bars: dict[str, tqdm] = {}
+
+    def advance(stage: str, iteration: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="it", disable=disable,
+                                     dynamic_ncols=True, leave=True)
+        bar.n = iteration
+        bar.refresh()
+
+    try:
+        yield advance
+    finally:
+        for bar in bars.values():
+            bar.close()

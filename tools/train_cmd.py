@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 
 import torch
 
 from fcnwild.nets.errors import SolverError
 from fcnwild.solvers import create_solver
+from fcnwild.solvers.snapshot import latest_snapshot, remove_stale_temporaries
 from fcnwild.tools.progress import iteration_progress, setup_logging
 
 
@@ -23,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--weights", help="comma-separated weights files to finetune from "
                         "(copied into the train net in order)")
-    source.add_argument("--snapshot", help="a .solverstate[.h5] to resume training from")
+    source.add_argument("--snapshot", help="a .solverstate[.h5] to resume training from, or "
+                        "'latest': the newest complete snapshot under the solver's "
+                        "snapshot_prefix (training starts afresh when there is none)")
+    parser.add_argument("--snapshot-fallback", action="store_true",
+                        help="with --snapshot latest: when the newest snapshot is damaged, "
+                        "resume from the newest complete one (default: stop with an error)")
     parser.add_argument("--device", default=None,
                         help="torch device (default: cuda:<local rank> under torchrun with "
                         "CUDA, else cpu)")
@@ -45,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
             for path in args.weights.split(","):
                 for net in [solver.net, *solver.test_nets]:
                     net.copy_from(path)
+        resume = args.snapshot
+        if resume == "latest":
+            resume = _latest_snapshot(solver, args.snapshot_fallback)
         with iteration_progress(solver, disable=args.quiet or rank != 0):
-            solver.solve(resume=args.snapshot)
+            solver.solve(resume=resume)
         if rank == 0 and solver.last_snapshot:
             logging.getLogger("fcnwild").info("Optimization done; last snapshot %s",
                                               solver.last_snapshot[0])
@@ -54,6 +64,20 @@ def run(args: argparse.Namespace) -> int:
         if world > 1:
             torch.distributed.destroy_process_group()
     return 0
+
+
+def _latest_snapshot(solver, fallback: bool) -> Path | None:
+    """The newest complete snapshot of this solver's prefix, after clearing what killed
+    snapshot writes left behind (on rank 0, which writes snapshots)."""
+    log = logging.getLogger("fcnwild")
+    prefix = solver.snapshot_prefix
+    if solver.rank == 0:
+        for path in remove_stale_temporaries(prefix):
+            log.info("Removed %s, left by an interrupted snapshot write", path)
+    found = latest_snapshot(prefix, fallback=fallback)
+    if found is None:
+        log.info("No snapshot under %s yet: training starts at iteration 0", prefix)
+    return found
 
 
 def _distributed_setup(device: str | None) -> tuple[int, int, torch.device]:

@@ -1,0 +1,20 @@
+"""Where the Caffe reference comparisons run: the CPU, unless FCNWILD_TEST_DEVICE names
+another torch device (benchmarks/gpu_check.sh runs them on a lent GPU with
+``FCNWILD_TEST_DEVICE=cuda``). TF32 stays off so the CPU tolerances hold there too."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+TEST_DEVICE = os.environ.get("FCNWILD_TEST_DEVICE", "cpu")
+
+if TEST_DEVICE.startswith("cuda"):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.fixture
+def device() -> str:
+    return TEST_DEVICE

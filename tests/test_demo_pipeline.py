@@ -1,0 +1,89 @@
+"""A miniature of the whole pipeline: ``fcnwild demo`` on a tiny benchmark, a few
+iterations per stage; every artefact is written and loads; ``fcnwild adapt`` resumes
+and rejects bad datasets before training."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from fcnwild.nets.errors import DatasetError
+from fcnwild.nets.net import Net
+from fcnwild.solvers.adaptation import STAGES
+from fcnwild.tools import adapt_cmd, demo_cmd
+
+
+def run_verb(module, argv):
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FCNWILD_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_demo_miniature_writes_every_artefact(tmp_path, cache, capsys):
+    out = tmp_path / "demo"
+    assert run_verb(demo_cmd, ["--out", str(out), "--scale", "0.01", "--images", "16",
+                               "--image-size", "32x64", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for title in ("source only", "GA", "GA+CA", "oracle"):
+        assert title in printed
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["stages"]) == set(STAGES)
+    assert results["seed"] == 0 and results["benchmark"]["config"]["height"] == 32
+    for stage, entry in results["stages"].items():
+        assert 0 <= entry["miou"] <= 1 and set(entry["iou"]) == set(results["classes"])
+        net = Net(out / stage / "net.prototxt", weights=out / stage / "final.caffemodel",
+                  phase="test")
+        assert net.params
+        curves = json.loads((out / stage / "curves.json").read_text())
+        assert len(curves["loss"]) == entry["iterations"]
+        assert json.loads((out / stage / "metrics.json").read_text())["stage"] == stage
+    ga_ca = json.loads((out / "ga_ca" / "curves.json").read_text())
+    assert {"dom_accuracy", "mil_loss"} <= set(ga_ca)
+    for figure in ("qualitative.png", "training_curves.png", "iou_per_class.png"):
+        from PIL import Image
+        with Image.open(out / figure) as image:
+            assert image.size[0] > 100 and image.size[1] > 100
+    assert (out / "table.txt").read_text().strip() in printed
+
+
+def test_adapt_resumes_finished_stages(tmp_path, cache, monkeypatch):
+    out = tmp_path / "adapt"
+    argv = ["--out", str(out), "--scale", "0.005", "--stages", "source_only"]
+    original = adapt_cmd.synthetic_experiment
+    monkeypatch.setattr(adapt_cmd, "synthetic_experiment", lambda seed, scale: original(
+        seed, scale, height=32, width=64, images=8))       # a tiny benchmark
+    assert run_verb(adapt_cmd, argv) == 0
+    weights = (out / "source_only" / "final.caffemodel").read_bytes()
+    assert run_verb(adapt_cmd, argv) == 0           # done: nothing is retrained
+    assert (out / "source_only" / "final.caffemodel").read_bytes() == weights
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--source", "gta5:/nonexistent/GTA5", "--target", "cityscapes:/nonexistent/cs"],
+     "GTA5"),
+    (["--source", "gta5:/nonexistent"], "both --source and --target"),
+])
+def test_adapt_refuses_bad_datasets_before_training(tmp_path, argv, message):
+    with pytest.raises(DatasetError, match=message):
+        run_verb(adapt_cmd, ["--out", str(tmp_path / "x")] + argv)
+    assert not (tmp_path / "x").exists()
+
+
+def test_adapt_refuses_a_target_in_another_label_space(tmp_path):
+    from data_layouts import make_gta5, make_synthia_seqs
+    make_gta5(tmp_path / "gta5", frames=2)
+    make_synthia_seqs(tmp_path / "seqs", {"SYNTHIA-SEQS-01-WINTER": 2})
+    with pytest.raises(DatasetError, match="--classes 13"):
+        run_verb(adapt_cmd, ["--out", str(tmp_path / "x"), "--source",
+                             f"gta5:{tmp_path / 'gta5'}", "--target",
+                             f"synthia-seqs:{tmp_path / 'seqs'}?season=winter",
+                             "--source-split", "all",
+                             "--target-split", "all", "--eval-split", "all"])
+    assert not (tmp_path / "x").exists()
