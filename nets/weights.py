@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -282,8 +283,7 @@ def make_stored_blob(view, handle, spans: _BlobSpans, path: Path, layer: str, in
         for start, count, dtype, stride in segments:
             target = out[offset:offset + count]
             if dtype == "<f4" and stride == 4 and target.flags.c_contiguous:
-                handle.seek(start)
-                got = handle.readinto(memoryview(target).cast("B"))
+                got = _read_at(handle, start, memoryview(target).cast("B"))
                 if got != 4 * count:
                     raise WeightsError(f"blob {index}: file ended while reading its values",
                                        file=path, layer=layer)
@@ -295,6 +295,35 @@ def make_stored_blob(view, handle, spans: _BlobSpans, path: Path, layer: str, in
             offset += count
 
     return StoredBlob(shape=shape, legacy_shape=legacy, _reader=read)
+
+
+# A large blob (VGG16's fc6: 400 MB) is read in chunks on several threads: one core's
+# copy from the page cache reaches about half the memory bandwidth that two do.
+_PARALLEL_READ_CHUNK = 16 << 20
+_READ_THREADS = min(4, os.cpu_count() or 1)
+
+
+def _read_at(handle, offset: int, out: memoryview) -> int:
+    """Read ``len(out)`` bytes at ``offset`` into ``out``; returns how many were read."""
+    size = len(out)
+    if size <= _PARALLEL_READ_CHUNK or _READ_THREADS < 2 or not hasattr(os, "preadv"):
+        handle.seek(offset)
+        return handle.readinto(out) or 0
+    fd = handle.fileno()
+    starts = range(0, size, _PARALLEL_READ_CHUNK)
+
+    def read_chunk(start: int) -> int:
+        chunk = out[start:start + _PARALLEL_READ_CHUNK]
+        done = 0
+        while done < len(chunk):        # pread may return less than asked
+            got = os.preadv(fd, [chunk[done:]], offset + start + done)
+            if got == 0:
+                break                   # end of file
+            done += got
+        return done
+
+    with ThreadPoolExecutor(_READ_THREADS) as pool:
+        return sum(pool.map(read_chunk, starts))
 
 
 def write_caffemodel(path: PathLike, net: caffe_pb2.NetParameter,

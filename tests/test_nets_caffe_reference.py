@@ -45,3 +45,17 @@ def test_every_recorded_blob_of_a_full_net_is_compared():
     assert ("backward", "fc7") in compared
     assert ("param_diffs", "dom_score/0") in compared
     assert sum(r.kind == "forward" for r in results) == len(net.blobs)
+
+
+@pytest.mark.parametrize("name", NET_CASES)
+def test_fcnwild_compare_passes_every_case_at_its_default_tolerances(name, capsys):
+    from fcnwild.tools.cli import main
+    case = FIXTURES / name
+    meta = json.loads((case / "meta.json").read_text())
+    weights = next(case / f for f in ("weights.caffemodel.h5", "weights.caffemodel")
+                   if (case / f).exists())
+    status = main(["compare", "--model", str(case / "net.prototxt"), "--weights", str(weights),
+                   "--reference", str(case / "blobs.h5"), "--phase", meta["phase"].lower()])
+    table = capsys.readouterr().out
+    assert status == 0, table
+    assert "forward" in table

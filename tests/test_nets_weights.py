@@ -155,3 +155,29 @@ def test_torch_file_with_code_is_refused(tmp_path):
     path.write_bytes(pickle.dumps(Evil()))
     with pytest.raises(WeightsError, match="not a loadable torch weights file"):
         weights.open_weights(path)
+
+
+def test_large_blobs_read_in_parallel_chunks_give_the_same_values(monkeypatch):
+    path = max(CAFFEMODELS, key=lambda p: p.stat().st_size)
+    expected = weights.read_weights(path)
+    monkeypatch.setattr(weights, "_PARALLEL_READ_CHUNK", 256)
+    monkeypatch.setattr(weights, "_READ_THREADS", 3)
+    chunked = weights.read_weights(path)
+    assert chunked.keys() == expected.keys()
+    for name, arrays in expected.items():
+        for ours, theirs in zip(chunked[name], arrays):
+            np.testing.assert_array_equal(ours, theirs)
+
+
+def test_file_shrinking_under_a_chunked_read_is_a_weights_error(tmp_path, monkeypatch):
+    source = max(CAFFEMODELS, key=lambda p: p.stat().st_size)
+    path = tmp_path / "shrinks.caffemodel"
+    path.write_bytes(source.read_bytes())
+    monkeypatch.setattr(weights, "_PARALLEL_READ_CHUNK", 256)
+    with weights.open_weights(path) as stored:
+        blob = max((b for blobs in stored.values() for b in blobs), key=lambda b: b.count)
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+        with pytest.raises(WeightsError, match="file ended") as err:
+            blob.load()
+    assert str(path) in str(err.value)
