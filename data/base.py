@@ -69,15 +69,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return None
         ids = self.read_label_ids(path)
         try:
-            self._check_declared(ids)
+            if self.declared_ids is not None:
+                self.check_declared_counts(id_counts(ids))
             return apply_lut(ids, self.id_lut)
         except DatasetError as err:
             raise DatasetError(err.detail, file=path) from None
 
-    def _check_declared(self, ids: np.ndarray) -> None:
+    def check_declared_counts(self, counts: np.ndarray) -> None:
+        """Raise when a label's id histogram (``counts[id]`` pixels) holds an id outside
+        the family's declared ids."""
         if self.declared_ids is None:
             return
-        present = np.flatnonzero(id_counts(ids))
+        present = np.flatnonzero(counts)
         stray = present[~np.isin(present, self.declared_ids)]
         if stray.size:
             raise DatasetError(f"label holds ids {describe_ids(stray.tolist())}, outside the "
