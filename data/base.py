@@ -67,24 +67,29 @@ class SegmentationDataset(torch.utils.data.Dataset):
         path = self.entries[index].label
         if path is None:
             return None
-        ids = self.read_label_ids(path)
+        return self.train_ids(self.read_label_ids(path), path)
+
+    def train_ids(self, ids: np.ndarray, path: Path) -> np.ndarray:
+        """The label ids read from ``path``, checked against the declared ids and mapped to
+        train ids."""
+        if self.declared_ids is not None:
+            self.check_declared_counts(id_counts(ids), path)
         try:
-            if self.declared_ids is not None:
-                self.check_declared_counts(id_counts(ids))
             return apply_lut(ids, self.id_lut)
         except DatasetError as err:
             raise DatasetError(err.detail, file=path) from None
 
-    def check_declared_counts(self, counts: np.ndarray) -> None:
-        """Raise when a label's id histogram (``counts[id]`` pixels) holds an id outside
-        the family's declared ids."""
+    def check_declared_counts(self, counts: np.ndarray, path: Path) -> None:
+        """Raise, naming ``path``, when its label's id histogram (``counts[id]`` pixels)
+        holds an id outside the family's declared ids."""
         if self.declared_ids is None:
             return
         present = np.flatnonzero(counts)
         stray = present[~np.isin(present, self.declared_ids)]
         if stray.size:
             raise DatasetError(f"label holds ids {describe_ids(stray.tolist())}, outside the "
-                               f"{self.family} label ids ({describe_ids(self.declared_ids)})")
+                               f"{self.family} label ids ({describe_ids(self.declared_ids)})",
+                               file=path)
 
     def read_label_ids(self, path: Path) -> np.ndarray:
         return read_label_png(path)
