@@ -5,7 +5,8 @@ first use, so ``fcnwild demo`` needs no download. Both domains draw the same
 kind of street (road, sidewalk, buildings, trees, poles, signs, lights, cars,
 people) labelled with Cityscapes trainIds; they differ as the paper's domains
 do, in appearance (palette, illumination, texture, noise, blur, snow that
-whitens road and sidewalk) and in class frequencies and layout. What carries
+whitens road and sidewalk, concrete roads and asphalt sidewalks in the target) and
+in class frequencies and layout. What carries
 across is shape, layout and context, which is what adaptation can exploit.
 
 Classes (Cityscapes trainIds): road 0, sidewalk 1, building 2, fence 4, pole 5,
@@ -75,8 +76,13 @@ def sunny_city() -> DomainStyle:
 def winter_city() -> DomainStyle:
     """Default target: an overcast winter city, greyer, with snow whitening road and sidewalk
     towards each other; taller buildings, fewer trees, a higher horizon, narrower roads and wider
-    sidewalks. Objects (cars, people, poles) are as frequent as in the source."""
-    palette = {**sunny_palette(),
+    sidewalks. Objects (cars, people, poles) are as frequent as in the source.
+
+    Its roads are pale concrete and its sidewalks dark asphalt, the source's road colour:
+    a category-level shift that global alignment only partly undoes (both domains still
+    show one dark and one pale ground class), while the source's class sizes (road large,
+    sidewalk small) say which is which: what category-specific adaptation uses."""
+    palette = {**sunny_palette(), "road": (170, 165, 155), "sidewalk": (80, 76, 82),
                "building": (140, 120, 115), "vegetation": (60, 100, 50), "sky": (130, 160, 210),
                "terrain": (140, 150, 100), "fence": (100, 95, 90), "haze": (205, 210, 215),
                "traffic_sign": (210, 160, 40)}
