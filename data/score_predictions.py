@@ -61,17 +61,16 @@ def _pair_histogram(dataset: SegmentationDataset, index: int, pred_path: Path,
     if pred.shape != gt.shape:
         raise DatasetError(f"prediction is {pred.shape[1]}x{pred.shape[0]} but the ground truth "
                            f"{label_path} is {gt.shape[1]}x{gt.shape[0]}", file=pred_path)
-    if by_id and gt.dtype != np.uint8:          # 16-bit ids: map the pixels themselves
+    pred = as_label_map(pred)
+    if not by_id:
+        return joint_histogram(gt, pred)
+    if gt.dtype != np.uint8:        # 16-bit ids do not fit 256 count rows: map the pixels
         ids = gt
         gt = skipped.read(lambda: dataset.train_ids(ids, label_path))
-        if gt is None:
-            return nothing
-        by_id = False
-    counts = joint_histogram(gt, as_label_map(pred))
-    if not by_id:
-        return counts
+        return nothing if gt is None else joint_histogram(gt, pred)
     # Counts of (label id, prediction): the 256 id rows are checked and mapped to train ids
     # here, instead of checking and mapping two million pixels (a third of the scoring time).
+    counts = joint_histogram(gt, pred)
     checked = skipped.read(lambda: dataset.check_declared_counts(counts.sum(1), label_path) or True)
     if checked is None:
         return nothing

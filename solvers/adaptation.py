@@ -257,7 +257,7 @@ def synthetic_experiment(seed: int = 0, scale: float = 1.0, *, height: int | Non
     # points between snapshots, so the adaptation stages decay their rate to zero (poly).
     adaptation = replace(supervised, base_lr=2e-4, lr_policy="poly", classifier_lr_mult=5.0,
                          domain_weight=0.1, mil_weight=0.05,
-                         extra={"momentum2": 0.999, "power": 0.9})
+                         extra={**supervised.extra, "power": 0.9})
     iterations = {"source_only": 600, "oracle": 600, "ga": 300, "ga_ca": 300}
     settings = {stage: replace(adaptation if stage in ("ga", "ga_ca") else supervised,
                                max_iter=max(1, round(n * scale)))
