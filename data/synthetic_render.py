@@ -22,12 +22,12 @@ _PART_COLOURS: dict[str, RGB] = {
     "window": (60, 70, 90), "marking": (235, 235, 225), "wheel": (25, 25, 25),
     "glass": (40, 50, 65), "tail_light": (200, 20, 20), "lamp": (240, 200, 40),
     "sign_face": (240, 240, 240), "skin": (215, 170, 140), "legs": (50, 50, 70),
-    "trunk": (90, 65, 40), "bar": (60, 60, 60), "haze": (215, 225, 235),
+    "trunk": (90, 65, 40), "bar": (60, 60, 60), "track": (62, 60, 64), "haze": (215, 225, 235),
 }
 _PART_NAMES = {Part.WINDOW: "window", Part.MARKING: "marking", Part.WHEEL: "wheel",
                Part.GLASS: "glass", Part.TAIL_LIGHT: "tail_light", Part.LAMP: "lamp",
                Part.SIGN_FACE: "sign_face", Part.SKIN: "skin", Part.LEGS: "legs",
-               Part.TRUNK: "trunk", Part.BAR: "bar"}
+               Part.TRUNK: "trunk", Part.BAR: "bar", Part.TRACK: "track"}
 
 # How strongly each class shows the texture noise (foliage most, signs least).
 _TEXTURE_GAIN = {"road": 1.0, "sidewalk": 0.8, "building": 0.7, "vegetation": 1.8,
@@ -134,7 +134,8 @@ def render_scene(rng: np.random.Generator, scene: Scene, look: Appearance) -> np
     texture = (_value_noise(rng, height, width, look.texture_scale)
                + 0.5 * _value_noise(rng, height, width, look.texture_scale / 2)) / 1.5
     colour *= (1.0 + look.texture_strength * gain[label] * texture)[..., None]
-    snowy = (label == CLASS_IDS["road"]) | (label == CLASS_IDS["sidewalk"])
+    # Traffic keeps the wheel tracks clear: they show the bare road.
+    snowy = ((label == CLASS_IDS["road"]) | (label == CLASS_IDS["sidewalk"])) & (scene.part != Part.TRACK)
     w = look.season_whiten
     colour[snowy] = (1 - w) * colour[snowy] + w * np.asarray(look.snow_colour, np.float64) * (
         1.0 + 0.04 * texture[snowy])[:, None]

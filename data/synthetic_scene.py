@@ -32,7 +32,7 @@ IGNORE_LABEL = 255
 
 class Part:
     """Sub-object regions the renderer paints differently; they keep their object's label."""
-    NONE, WINDOW, MARKING, WHEEL, GLASS, TAIL_LIGHT, LAMP, SIGN_FACE, SKIN, LEGS, TRUNK, BAR = range(12)
+    NONE, WINDOW, MARKING, WHEEL, GLASS, TAIL_LIGHT, LAMP, SIGN_FACE, SKIN, LEGS, TRUNK, BAR, TRACK = range(13)
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class SceneLayout:
     pole_density: float = 2.5
     sign_prob: float = 0.5           # chance a pole carries a traffic sign
     light_prob: float = 0.25         # chance a pole carries a traffic light
+    wheel_track_width: float = 0.0   # width of the two wheel tracks in every lane (0: none), units above
 
 
 class Scene(NamedTuple):
@@ -157,7 +158,11 @@ class _Street:
         self.facade = (self.sidewalk_outer[0] - self.terrain[0], self.sidewalk_outer[1] + self.terrain[1])
 
 
-def _paint_ground(canvas: _Canvas, street: _Street, rng: np.random.Generator) -> None:
+# Distance between a car's left and right wheel tracks (cars are 0.2-0.24 wide).
+_WHEEL_BASE = 0.17
+
+
+def _paint_ground(canvas: _Canvas, street: _Street, layout: SceneLayout, rng: np.random.Generator) -> None:
     below, u, lateral = canvas.ground()
     canvas.paint(below & (lateral >= street.facade[0]) & (lateral < street.facade[1]), "terrain")
     sidewalk = below & (lateral >= street.sidewalk_outer[0]) & (lateral < street.sidewalk_outer[1])
@@ -169,7 +174,16 @@ def _paint_ground(canvas: _Canvas, street: _Street, rng: np.random.Generator) ->
     marking = np.zeros_like(road)
     for edge in lane_edges:
         marking |= (np.abs(lateral - edge) < 0.012) & (_frac(u * 0.9) < 0.5)
-    canvas.paint(road, "road", part=np.where(marking, Part.MARKING, Part.NONE).astype(np.uint8))
+    # Two tracks per lane, a car's wheel base apart; drawn from geometry alone, so a layout
+    # without them consumes the same random numbers and draws the same scenes.
+    tracks = np.zeros_like(road)
+    if width := layout.wheel_track_width:
+        bounds = np.linspace(street.road[0], street.road[1], lane_edges.size + 2)
+        for centre in (bounds[:-1] + bounds[1:]) / 2:
+            for wheel in (centre - _WHEEL_BASE / 2, centre + _WHEEL_BASE / 2):
+                tracks |= np.abs(lateral - wheel) < width / 2
+    part = np.select([marking, tracks], [Part.MARKING, Part.TRACK], Part.NONE)
+    canvas.paint(road, "road", part=part.astype(np.uint8))
 
 
 def _paint_roadside(canvas: _Canvas, street: _Street, layout: SceneLayout, rng: np.random.Generator) -> None:
@@ -332,7 +346,7 @@ def compose_scene(rng: np.random.Generator, layout: SceneLayout, height: int, wi
     horizon_row = height * (layout.horizon + rng.uniform(-0.04, 0.04))
     canvas = _Canvas(height, width, horizon_row, width * (0.5 + rng.uniform(-0.08, 0.08)))
     street = _Street(rng, layout)
-    _paint_ground(canvas, street, rng)
+    _paint_ground(canvas, street, layout, rng)
     _paint_roadside(canvas, street, layout, rng)
     _place_objects(canvas, street, layout, rng)
     return Scene(canvas.label, canvas.instance, canvas.part, horizon_row, canvas.n_instances)

@@ -14,7 +14,7 @@ from fcnwild.data.base import Sample
 from fcnwild.data.synthetic import (BENCHMARK_TRAIN_IDS, ShiftConfig, generate_split,
                                     open_synthetic, shift_config_from_dict, shift_parameters, config_hash)
 from fcnwild.data.synthetic_render import Appearance, render_scene
-from fcnwild.data.synthetic_scene import CLASS_IDS, SceneLayout, compose_scene
+from fcnwild.data.synthetic_scene import CLASS_IDS, Part, SceneLayout, compose_scene
 from fcnwild.nets.errors import DatasetError
 
 
@@ -122,6 +122,27 @@ def test_season_whiten_brightens_road_and_sidewalk_and_makes_them_alike():
         road_light.append((road.mean(), walk.mean()))
     assert road_light[1][0] > road_light[0][0] + 50 and road_light[1][1] > road_light[0][1]
     assert road_gap[1] < 0.3 * road_gap[0]
+
+
+def test_wheel_tracks_are_bare_road_under_snow_and_leave_the_scene_as_drawn():
+    bare, tracked = SceneLayout(), SceneLayout(wheel_track_width=0.025)
+    snow = Appearance(season_whiten=0.7, noise_sigma=0.0)
+    track_light, snowy_light = [], []
+    for i in range(6):
+        plain = compose_scene(np.random.default_rng(i), bare, 48, 96)
+        scene = compose_scene(np.random.default_rng(i), tracked, 48, 96)
+        # Same random draws, same labels: only road pixels gain the track part.
+        assert np.array_equal(plain.label, scene.label)
+        track = scene.part == Part.TRACK
+        assert track.any() and not (plain.part == Part.TRACK).any()
+        assert (scene.label[track] == CLASS_IDS["road"]).all()
+        assert np.array_equal(scene.part[~track], plain.part[~track])
+        image = render_scene(np.random.default_rng(100 + i), scene, snow).mean(-1)
+        snowy_road = (scene.label == CLASS_IDS["road"]) & (scene.part == Part.NONE)
+        track_light.append(image[track & (np.arange(48) > 40)[:, None]].mean())
+        snowy_light.append(image[snowy_road].mean())
+    # Traffic keeps the tracks clear: they stay as dark as bare asphalt while snow whitens the rest.
+    assert np.mean(track_light) < np.mean(snowy_light) - 60
 
 
 @pytest.mark.parametrize("knob, low, high, cls", [
