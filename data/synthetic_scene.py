@@ -168,18 +168,16 @@ def _paint_ground(canvas: _Canvas, street: _Street, layout: SceneLayout, rng: np
     sidewalk = below & (lateral >= street.sidewalk_outer[0]) & (lateral < street.sidewalk_outer[1])
     canvas.paint(sidewalk, "sidewalk")
     road = below & (lateral >= street.road[0]) & (lateral < street.road[1])
-    # Dashed lane lines: fixed lateral offset, dashes periodic in depth.
-    n_lanes = int(rng.integers(1, 3))
-    lane_edges = np.linspace(street.road[0], street.road[1], n_lanes + 2)[1:-1]
+    # Dashed lane lines between 2 or 3 lanes: fixed lateral offset, dashes periodic in depth.
+    lanes = np.linspace(street.road[0], street.road[1], int(rng.integers(1, 3)) + 2)
     marking = np.zeros_like(road)
-    for edge in lane_edges:
+    for edge in lanes[1:-1]:
         marking |= (np.abs(lateral - edge) < 0.012) & (_frac(u * 0.9) < 0.5)
     # Two tracks per lane, a car's wheel base apart; drawn from geometry alone, so a layout
     # without them consumes the same random numbers and draws the same scenes.
     tracks = np.zeros_like(road)
     if width := layout.wheel_track_width:
-        bounds = np.linspace(street.road[0], street.road[1], lane_edges.size + 2)
-        for centre in (bounds[:-1] + bounds[1:]) / 2:
+        for centre in (lanes[:-1] + lanes[1:]) / 2:
             for wheel in (centre - _WHEEL_BASE / 2, centre + _WHEEL_BASE / 2):
                 tracks |= np.abs(lateral - wheel) < width / 2
     part = np.select([marking, tracks], [Part.MARKING, Part.TRACK], Part.NONE)
