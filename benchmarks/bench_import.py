@@ -46,7 +46,7 @@ start = time.perf_counter()
 arrays = [a for blobs in read_weights(path).values() for a in blobs]
 """,
     "protobuf": """
-from fcnwild.nets import caffe_pb2
+from fcnwild.base import caffe_pb2
 start = time.perf_counter()
 with open(path, "rb") as f:
     net = caffe_pb2.NetParameter.FromString(f.read())

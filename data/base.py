@@ -12,9 +12,9 @@ from typing import Callable, NamedTuple, Sequence, TypeVar
 import numpy as np
 import torch.utils.data
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.images import apply_lut, id_counts, read_image_rgb, read_label_png
 from fcnwild.data.labels import LabelSpace, describe_ids
-from fcnwild.nets.errors import DatasetError
 
 T = TypeVar("T")
 

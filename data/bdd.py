@@ -17,10 +17,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fcnwild.data.base import Entry, SegmentationDataset, find_files, relative_name, require_dir
-from fcnwild.data.labels import (CITYSCAPES_ID_TO_TRAIN, CITYSCAPES_LABEL_IDS, CITYSCAPES_NAMES, IGNORE,
-                                 cityscapes_space_lut, get_label_space)
-from fcnwild.nets.errors import DatasetError
+from fcnwild.base.errors import DatasetError
+from fcnwild.data.base import (
+    Entry,
+    SegmentationDataset,
+    find_files,
+    relative_name,
+    require_dir,
+)
+from fcnwild.data.labels import (
+    CITYSCAPES_ID_TO_TRAIN,
+    CITYSCAPES_LABEL_IDS,
+    CITYSCAPES_NAMES,
+    IGNORE,
+    cityscapes_space_lut,
+    get_label_space,
+)
 
 _ENCODINGS = {
     "train_id": {k: k for k in range(len(CITYSCAPES_NAMES))},

@@ -11,9 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from fcnwild.data.base import Entry, SegmentationDataset, find_files, parse_flag, relative_name, require_dir, split_list
-from fcnwild.data.labels import CITYSCAPES_ID_TO_TRAIN, CITYSCAPES_LABEL_IDS, cityscapes_space_lut, get_label_space
-from fcnwild.nets.errors import DatasetError
+from fcnwild.base.errors import DatasetError
+from fcnwild.data.base import (
+    Entry,
+    SegmentationDataset,
+    find_files,
+    parse_flag,
+    relative_name,
+    require_dir,
+    split_list,
+)
+from fcnwild.data.labels import (
+    CITYSCAPES_ID_TO_TRAIN,
+    CITYSCAPES_LABEL_IDS,
+    cityscapes_space_lut,
+    get_label_space,
+)
 
 IMAGE_SUFFIX = "_leftImg8bit"
 LABEL_SUFFIX = "_gtFine_labelIds"

@@ -27,8 +27,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.base import SegmentationDataset, SkippedSamples
-from fcnwild.nets.errors import DatasetError
 
 FORMAT = "fcnwild-class-stats"
 VERSION = 1

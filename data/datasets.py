@@ -12,13 +12,13 @@ import inspect
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.base import SegmentationDataset
 from fcnwild.data.bdd import BDDDataset, ImageFolderDataset
 from fcnwild.data.cityscapes import CityscapesDataset
 from fcnwild.data.gta5 import GTA5Dataset
 from fcnwild.data.synthetic import synthetic_dataset
 from fcnwild.data.synthia import SynthiaRandDataset, SynthiaSeqsDataset
-from fcnwild.nets.errors import DatasetError
 
 # factory(root, split, **options) -> SegmentationDataset
 DatasetFactory = Callable[..., SegmentationDataset]

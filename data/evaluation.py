@@ -27,9 +27,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.images import write_png
 from fcnwild.data.labels import IGNORE, LabelSpace
-from fcnwild.nets.errors import DatasetError
 
 # cv2.calcHist counts in float32, exact up to 2**24 per bin; larger maps are counted in row blocks.
 _EXACT_FLOAT32_COUNT = 1 << 24

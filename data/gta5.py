@@ -16,10 +16,15 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.base import Entry, SegmentationDataset, find_files, require_dir
 from fcnwild.data.images import image_size
-from fcnwild.data.labels import CITYSCAPES_ID_TO_TRAIN, CITYSCAPES_LABEL_IDS, cityscapes_space_lut, get_label_space
-from fcnwild.nets.errors import DatasetError
+from fcnwild.data.labels import (
+    CITYSCAPES_ID_TO_TRAIN,
+    CITYSCAPES_LABEL_IDS,
+    cityscapes_space_lut,
+    get_label_space,
+)
 
 SPLITS = ("train", "val", "test")
 

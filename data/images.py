@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fcnwild.nets.errors import DatasetError
+from fcnwild.base.errors import DatasetError
 
 # EXIF rotation would move pixels away from their labels; Caffe's data layers never applied it.
 _COLOR_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION

@@ -20,10 +20,10 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from fcnwild.base.errors import NetError
 from fcnwild.data.base import SegmentationDataset, SkippedSamples
 from fcnwild.data.evaluation import ConfusionMatrix, EvaluationResult, PredictionWriter
 from fcnwild.data.transforms import FRONT_END_MARGIN, pad_reflect101
-from fcnwild.nets.errors import NetError
 
 _ROWS_PER_CHUNK = 64
 

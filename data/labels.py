@@ -39,7 +39,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from fcnwild.nets.errors import DatasetError
+from fcnwild.base.errors import DatasetError
 
 IGNORE = 255
 

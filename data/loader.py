@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.base import SegmentationDataset
 from fcnwild.data.transforms import CaffeTransform
-from fcnwild.nets.errors import DatasetError
 
 log = logging.getLogger("fcnwild.data")
 _SKIPPED = "_skipped"     # per-sample key: the files replaced on the way to this sample

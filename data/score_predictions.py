@@ -16,11 +16,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.base import SegmentationDataset, SkippedSamples, relative_name
-from fcnwild.data.evaluation import ConfusionMatrix, EvaluationResult, as_label_map, joint_histogram
+from fcnwild.data.evaluation import (
+    ConfusionMatrix,
+    EvaluationResult,
+    as_label_map,
+    joint_histogram,
+)
 from fcnwild.data.images import read_label_png
 from fcnwild.data.labels import lut_from_mapping
-from fcnwild.nets.errors import DatasetError
 
 ENCODINGS = ("label_id", "train_id")
 

@@ -45,12 +45,17 @@ from typing import Any
 
 import numpy as np
 
+from fcnwild.base.atomic import atomic_write
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.base import Entry, SegmentationDataset
 from fcnwild.data.labels import CITYSCAPES19
 from fcnwild.data.synthetic_render import Appearance, render_scene, sunny_palette
-from fcnwild.data.synthetic_scene import CLASS_IDS, IGNORE_LABEL, SceneLayout, compose_scene
-from fcnwild.nets.atomic import atomic_write
-from fcnwild.nets.errors import DatasetError
+from fcnwild.data.synthetic_scene import (
+    CLASS_IDS,
+    IGNORE_LABEL,
+    SceneLayout,
+    compose_scene,
+)
 
 # Bump whenever generation changes what a seed draws, so stale caches are not reused.
 GENERATOR_VERSION = 2

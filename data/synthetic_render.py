@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.synthetic_scene import CLASS_IDS, Part, Scene
-from fcnwild.nets.errors import DatasetError
 
 RGB = tuple[float, float, float]
 

@@ -23,12 +23,26 @@ from typing import Sequence
 
 import numpy as np
 
-from fcnwild.data.base import Entry, SegmentationDataset, find_files, relative_name, require_dir, split_list
+from fcnwild.base.errors import DatasetError
+from fcnwild.data.base import (
+    Entry,
+    SegmentationDataset,
+    find_files,
+    relative_name,
+    require_dir,
+    split_list,
+)
 from fcnwild.data.images import read_label_channel
-from fcnwild.data.labels import (SYNTHIA_RAND_ID_TO_TRAIN, SYNTHIA_RAND_LABEL_IDS, SYNTHIA_SEQS13,
-                                 SYNTHIA_SEQS_ID_TO_TRAIN, SYNTHIA_SEQS_LABEL_IDS,
-                                 cityscapes_space_lut, get_label_space, lut_from_mapping)
-from fcnwild.nets.errors import DatasetError
+from fcnwild.data.labels import (
+    SYNTHIA_RAND_ID_TO_TRAIN,
+    SYNTHIA_RAND_LABEL_IDS,
+    SYNTHIA_SEQS13,
+    SYNTHIA_SEQS_ID_TO_TRAIN,
+    SYNTHIA_SEQS_LABEL_IDS,
+    cityscapes_space_lut,
+    get_label_space,
+    lut_from_mapping,
+)
 
 CAMERA = Path("Stereo_Left") / "Omni_F"
 _SEQUENCE_DIR = re.compile(r"^SYNTHIA-SEQS-(\d+)-([A-Z]+)$")

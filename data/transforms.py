@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.labels import CITYSCAPES_MEAN_BGR, IGNORE
-from fcnwild.nets.errors import DatasetError
 
 FRONT_END_MARGIN = 186
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-from fcnwild.nets.errors import NetError
+from fcnwild.base.errors import NetError
 
 Shape = tuple[int, ...]
 ErrorFactory = Callable[[str], NetError]

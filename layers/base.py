@@ -17,8 +17,8 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import NetError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import NetError
 
 Shape = tuple[int, ...]
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST

@@ -39,7 +39,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from fcnwild.nets.errors import NetError
+from fcnwild.base.errors import NetError
 
 HARD = 1e10                 # CCNN's default slack: the multiplier cap never binds
 REMOVED_LOGIT = -1e10       # what computeLog writes into zero-constrained classes

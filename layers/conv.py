@@ -15,12 +15,12 @@ from typing import Sequence
 
 from torch import Tensor
 
+from fcnwild.base import caffe_pb2
 from fcnwild.layers.axes import canonical_axis, count, shape_str
 from fcnwild.layers.base import Layer, LayerContext, Shape
 from fcnwild.layers.conv_ops import convolution, deconvolution
 from fcnwild.layers.fillers import fill
 from fcnwild.layers.registry import register
-from fcnwild.nets import caffe_pb2
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import DatasetError
 from fcnwild.layers.base import TEST, Layer, LayerContext, Shape
 from fcnwild.layers.fillers import fill
 from fcnwild.layers.registry import register
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import DatasetError
 
 
 class _DataLayer(Layer):

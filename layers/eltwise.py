@@ -6,10 +6,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from fcnwild.base import caffe_pb2
 from fcnwild.layers.axes import shape_str
 from fcnwild.layers.base import Layer, Shape
 from fcnwild.layers.registry import register
-from fcnwild.nets import caffe_pb2
 
 EltwiseOp = caffe_pb2.EltwiseParameter
 

@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import NetError
 from fcnwild.layers.axes import count as blob_count
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import NetError
 
 ErrorFactory = Callable[[str], NetError]
 INT_MAX = 2**31 - 1

@@ -25,11 +25,14 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from fcnwild.base.errors import FcnwildError
 from fcnwild.layers.base import Layer, Shape
-from fcnwild.layers.constraint_solver import predicted_present, size_constraints, \
-    solve_constrained_softmax
+from fcnwild.layers.constraint_solver import (
+    predicted_present,
+    size_constraints,
+    solve_constrained_softmax,
+)
 from fcnwild.layers.registry import register
-from fcnwild.nets.errors import FcnwildError
 
 
 class ClassGradientScale(torch.autograd.Function):

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fcnwild.base import caffe_pb2
 from fcnwild.layers.axes import canonical_axis, count, shape_str
 from fcnwild.layers.base import TEST, Layer, LayerContext, Shape
 from fcnwild.layers.fillers import constant_filler, fill
 from fcnwild.layers.registry import register
-from fcnwild.nets import caffe_pb2
 
 
 @register("BatchNorm")

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fcnwild.base import caffe_pb2
 from fcnwild.layers.axes import shape_str
 from fcnwild.layers.base import TRAIN, Layer, Shape
 from fcnwild.layers.registry import register
-from fcnwild.nets import caffe_pb2
 
 FLT_MIN = 1.1754943508222875e-38
 PoolingParameter = caffe_pb2.PoolingParameter

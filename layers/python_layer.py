@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fcnwild.base import caffe_pb2
 from fcnwild.layers.base import Layer, LayerContext, Shape
 from fcnwild.layers.registry import register
-from fcnwild.nets import caffe_pb2
 
 
 class PyBlob:

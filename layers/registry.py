@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from fcnwild.nets.errors import NetError
+from fcnwild.base.errors import NetError
 
 _REGISTRY: dict[str, type] = {}
 T = TypeVar("T", bound=type)

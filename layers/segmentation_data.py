@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fcnwild.base.errors import DatasetError, FcnwildError
 from fcnwild.layers.base import Shape
 from fcnwild.layers.data import _DataLayer
 from fcnwild.layers.registry import register
-from fcnwild.nets.errors import DatasetError, FcnwildError
 
 _VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 

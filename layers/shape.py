@@ -8,10 +8,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from fcnwild.base import caffe_pb2
 from fcnwild.layers.axes import canonical_axis, count, shape_str
 from fcnwild.layers.base import Layer, Shape
 from fcnwild.layers.registry import register
-from fcnwild.nets import caffe_pb2
 
 
 @register("Crop")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from fcnwild.nets import caffe_pb2
+from fcnwild.base import caffe_pb2
 
 CITYSCAPES_MEAN_BGR = (72.39, 82.91, 73.16)   # fyu/dilation datasets/cityscapes.json
 

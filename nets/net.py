@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import NetError, WeightsError
 from fcnwild.layers.base import Layer, LayerContext
 from fcnwild.layers.registry import layer_class
-from fcnwild.nets import caffe_pb2
 from fcnwild.nets.blob import Blob, ParamBlob
-from fcnwild.nets.errors import NetError, WeightsError
 from fcnwild.nets.netstate import filter_net, make_state
 from fcnwild.nets.prototxt import read_net_param
 from fcnwild.nets.splits import insert_splits

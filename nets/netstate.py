@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import PrototxtError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import PrototxtError
 
 
 def state_meets_rule(state: caffe_pb2.NetState, rule: caffe_pb2.NetStateRule) -> bool:

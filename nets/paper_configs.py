@@ -16,9 +16,18 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.frontend import ARCHITECTURES, DataSpec, FrontEnd, SolverSettings, \
-    adaptation_net, deploy_net, solver_param, to_text, train_net
+from fcnwild.base import caffe_pb2
+from fcnwild.nets.frontend import (
+    ARCHITECTURES,
+    DataSpec,
+    FrontEnd,
+    SolverSettings,
+    adaptation_net,
+    deploy_net,
+    solver_param,
+    to_text,
+    train_net,
+)
 
 
 @dataclass(frozen=True)

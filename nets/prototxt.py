@@ -13,8 +13,8 @@ from typing import TypeVar
 
 from google.protobuf import message, text_format
 
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import PrototxtError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import PrototxtError
 
 M = TypeVar("M", bound=message.Message)
 PathLike = str | os.PathLike
@@ -78,7 +78,7 @@ def read_binary(path: PathLike, msg: M) -> M:
 
 def write_text(path: PathLike, msg: message.Message) -> None:
     """Write ``msg`` as protobuf text, atomically (temp file + rename)."""
-    from fcnwild.nets.atomic import atomic_write
+    from fcnwild.base.atomic import atomic_write
     with atomic_write(path, "w") as f:
         f.write(text_format.MessageToString(msg))
 

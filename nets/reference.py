@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import torch
 
-from fcnwild.nets.errors import FcnwildError
+from fcnwild.base.errors import FcnwildError
 
 PathLike = str | os.PathLike
 

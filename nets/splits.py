@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import NetError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import NetError
 
 
 def split_layer_name(layer: str, blob: str, top_index: int) -> str:

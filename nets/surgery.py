@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from fcnwild.nets.errors import WeightsError
+from fcnwild.base.errors import WeightsError
 from fcnwild.nets.net import Net
 from fcnwild.nets.weights import open_weights
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import PrototxtError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import PrototxtError
 
 PathLike = str | os.PathLike
 V1 = caffe_pb2.V1LayerParameter

@@ -21,13 +21,14 @@ from typing import Callable, Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
-from fcnwild.nets import caffe_pb2, wire
-from fcnwild.nets.atomic import atomic_h5, atomic_write
-from fcnwild.nets.errors import WeightsError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.atomic import atomic_h5, atomic_write
+from fcnwild.base.errors import WeightsError
+from fcnwild.nets import wire
 
 PathLike = str | os.PathLike
 
-# Field numbers of the messages walked by hand (see nets/caffe.proto).
+# Field numbers of the messages walked by hand (see base/caffe.proto).
 _NET_LAYER_V2, _NET_LAYER_V1 = 100, 2
 _V2_NAME, _V2_BLOBS = 1, 7
 _V1_V0LAYER, _V1_NAME, _V1_BLOBS = 1, 4, 6

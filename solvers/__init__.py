@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from fcnwild.nets import caffe_pb2
+from fcnwild.base import caffe_pb2
 
 
 def create_solver(solver: str | os.PathLike | caffe_pb2.SolverParameter, **kwargs):

@@ -19,14 +19,22 @@ from typing import Callable
 import numpy as np
 import torch
 
+from fcnwild.base import caffe_pb2
+from fcnwild.base.atomic import atomic_write
 from fcnwild.data.class_stats import compute_class_stats, save_class_stats
 from fcnwild.data.datasets import open_dataset
 from fcnwild.data.evaluation import EvaluationResult
 from fcnwild.data.inference import TiledPredictor, evaluate_net
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.atomic import atomic_write
-from fcnwild.nets.frontend import DataSpec, FrontEnd, SolverSettings, adaptation_net, \
-    deploy_net, solver_param, to_text, train_net
+from fcnwild.nets.frontend import (
+    DataSpec,
+    FrontEnd,
+    SolverSettings,
+    adaptation_net,
+    deploy_net,
+    solver_param,
+    to_text,
+    train_net,
+)
 from fcnwild.nets.net import Net
 from fcnwild.solvers import create_solver
 from fcnwild.solvers.snapshot import latest_snapshot

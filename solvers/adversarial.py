@@ -20,8 +20,8 @@ import os
 
 import torch
 
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import SolverError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import SolverError
 from fcnwild.solvers.solver import Solver
 
 PathLike = str | os.PathLike

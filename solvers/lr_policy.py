@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import SolverError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import SolverError
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 

@@ -21,11 +21,18 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from fcnwild.base.atomic import atomic_h5, atomic_write
+from fcnwild.base.errors import SolverError, WeightsError
 from fcnwild.nets import wire
-from fcnwild.nets.atomic import atomic_h5, atomic_write
-from fcnwild.nets.errors import SolverError, WeightsError
-from fcnwild.nets.weights import (H5_ERRORS, StoredBlob, blob_framing, h5_blob_shape,
-                                  make_stored_blob, open_weights, scan_blob)
+from fcnwild.nets.weights import (
+    H5_ERRORS,
+    StoredBlob,
+    blob_framing,
+    h5_blob_shape,
+    make_stored_blob,
+    open_weights,
+    scan_blob,
+)
 
 log = logging.getLogger("fcnwild.solver")
 PathLike = str | os.PathLike
@@ -282,7 +289,7 @@ def latest_snapshot(prefix: PathLike, *, fallback: bool = False) -> Path | None:
 
 def remove_stale_temporaries(prefix: PathLike) -> list[Path]:
     """Delete the temporary files that killed snapshot writes left under ``prefix``
-    (nets/atomic.py names them ``.<final name>.<random>.tmp``); the removed paths."""
+    (base/atomic.py names them ``.<final name>.<random>.tmp``); the removed paths."""
     prefix = Path(prefix)
     removed = []
     with _folder_entries(prefix.parent) as entries:

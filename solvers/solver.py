@@ -28,13 +28,17 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import DivergenceError, FcnwildError, SolverError, WeightsError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import DivergenceError, FcnwildError, SolverError, WeightsError
 from fcnwild.nets.net import Net
 from fcnwild.nets.prototxt import read_net_param, read_solver_param
 from fcnwild.nets.upgrade import upgrade_net
 from fcnwild.solvers.lr_policy import LearningRate
-from fcnwild.solvers.snapshot import learned_net_path, read_solverstate, write_solverstate
+from fcnwild.solvers.snapshot import (
+    learned_net_path,
+    read_solverstate,
+    write_solverstate,
+)
 from fcnwild.solvers.update_rules import make_rule
 
 log = logging.getLogger("fcnwild.solver")

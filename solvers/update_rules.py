@@ -14,8 +14,8 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor
 
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import SolverError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import SolverError
 
 
 class UpdateRule:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
-from fcnwild.nets import caffe_pb2
+from fcnwild.base import caffe_pb2
 
 FIXTURES = Path(__file__).parent / "fixtures" / "caffe_reference"
 

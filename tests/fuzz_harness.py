@@ -46,8 +46,9 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from fcnwild.nets import caffe_pb2, wire
-from fcnwild.nets.errors import FcnwildError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import FcnwildError
+from fcnwild.nets import wire
 from fcnwild.nets.net import Net
 from fcnwild.nets.weights import open_weights
 from fcnwild.solvers.snapshot import read_solverstate

@@ -6,9 +6,9 @@ from typing import Sequence
 
 from google.protobuf import text_format
 
+from fcnwild.base import caffe_pb2
 from fcnwild.layers.base import Layer, LayerContext
 from fcnwild.layers.registry import layer_class
-from fcnwild.nets import caffe_pb2
 
 
 def layer_param(text: str) -> caffe_pb2.LayerParameter:

@@ -23,7 +23,7 @@ WRITE_DELAY = "FCNWILD_TEST_WRITE_DELAY"
 
 
 def _delay_atomic_writes(seconds: float) -> None:
-    from fcnwild.nets import atomic
+    from fcnwild.base import atomic
     publish = atomic._publish
 
     def slow_publish(tmp, path):

@@ -26,10 +26,17 @@ import numpy as np
 import pytest
 import torch
 
+from fcnwild.base.errors import NetError
 from fcnwild.layers.constraint_solver import (
-    HARD, ConstraintSet, ConstraintSolverWarning, predicted_present, size_constraints,
-    solve_constrained_softmax, weakloss_constraints, weakloss_loss_and_grad)
-from fcnwild.nets.errors import NetError
+    HARD,
+    ConstraintSet,
+    ConstraintSolverWarning,
+    predicted_present,
+    size_constraints,
+    solve_constrained_softmax,
+    weakloss_constraints,
+    weakloss_loss_and_grad,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ccnn_reference" / "problems.h5"
 with h5py.File(FIXTURE, "r") as _h5:

@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 from data_layouts import make_gta5, write_palette
 
-from fcnwild.data.class_stats import compute_class_stats, load_class_stats, save_class_stats
+from fcnwild.base.errors import DatasetError
+from fcnwild.data.class_stats import (
+    compute_class_stats,
+    load_class_stats,
+    save_class_stats,
+)
 from fcnwild.data.datasets import open_dataset
-from fcnwild.nets.errors import DatasetError
 
 
 def test_stats_follow_the_definition(tmp_path):

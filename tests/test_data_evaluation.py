@@ -11,12 +11,17 @@ from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as offic
 from data_layouts import make_cityscapes, write_grey
 from PIL import Image
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data import evaluation
 from fcnwild.data.datasets import open_dataset
-from fcnwild.data.evaluation import ConfusionMatrix, EvaluationResult, PredictionWriter, joint_histogram
+from fcnwild.data.evaluation import (
+    ConfusionMatrix,
+    EvaluationResult,
+    PredictionWriter,
+    joint_histogram,
+)
 from fcnwild.data.labels import CITYSCAPES19, CITYSCAPES_PALETTE
 from fcnwild.data.score_predictions import score_predictions
-from fcnwild.nets.errors import DatasetError
 
 
 def official_scores(pred_files, gt_files, monkeypatch) -> dict:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from data_layouts import make_cityscapes
 
+from fcnwild.base.errors import NetError
 from fcnwild.data.datasets import open_dataset
 from fcnwild.data.evaluation import PredictionWriter
 from fcnwild.data.inference import TiledPredictor, evaluate_net, interp_map
 from fcnwild.data.score_predictions import score_predictions
-from fcnwild.nets.errors import NetError
 from fcnwild.nets.net import Net
 from fcnwild.tools import eval_cmd
 

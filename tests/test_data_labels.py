@@ -5,9 +5,16 @@ import numpy as np
 import pytest
 from cityscapesscripts.helpers import labels as cs_labels
 
-from fcnwild.data.labels import (CITYSCAPES13, CITYSCAPES16, CITYSCAPES19, CITYSCAPES_MEAN_BGR, SYNTHIA_SEQS13,
-                                 cityscapes_space_lut, get_label_space)
-from fcnwild.nets.errors import DatasetError
+from fcnwild.base.errors import DatasetError
+from fcnwild.data.labels import (
+    CITYSCAPES13,
+    CITYSCAPES16,
+    CITYSCAPES19,
+    CITYSCAPES_MEAN_BGR,
+    SYNTHIA_SEQS13,
+    cityscapes_space_lut,
+    get_label_space,
+)
 
 
 def test_cityscapes_id_map_is_the_official_table():

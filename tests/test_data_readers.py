@@ -5,14 +5,21 @@ import shutil
 
 import numpy as np
 import pytest
-from data_layouts import (make_cityscapes, make_gta5, make_synthia_rand, make_synthia_seqs, random_rgb,
-                          write_grey, write_rgb)
+from data_layouts import (
+    make_cityscapes,
+    make_gta5,
+    make_synthia_rand,
+    make_synthia_seqs,
+    random_rgb,
+    write_grey,
+    write_rgb,
+)
 from PIL import Image
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.base import SegmentationDataset
 from fcnwild.data.datasets import open_dataset, register_dataset
 from fcnwild.data.images import read_label_channel
-from fcnwild.nets.errors import DatasetError
 
 # Written out independently of fcnwild.data.labels: Cityscapes id -> name (cityscapesScripts
 # labels.py), and the ids of the other sets, so the readers' maps are checked by class name.

@@ -12,9 +12,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from data_layouts import (make_cityscapes, make_gta5, make_synthia_rand, random_rgb, write_grey,
-                          write_palette, write_synthia_label)
+from data_layouts import (
+    make_cityscapes,
+    make_gta5,
+    make_synthia_rand,
+    random_rgb,
+    write_grey,
+    write_palette,
+    write_synthia_label,
+)
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.class_stats import compute_class_stats
 from fcnwild.data.datasets import open_dataset
 from fcnwild.data.images import read_image_rgb, read_label_png
@@ -22,7 +30,6 @@ from fcnwild.data.inference import evaluate_net
 from fcnwild.data.loader import BlobFeeder
 from fcnwild.data.score_predictions import score_predictions
 from fcnwild.data.transforms import CaffeTransform
-from fcnwild.nets.errors import DatasetError
 from fcnwild.tools import eval_cmd, stats_cmd
 
 

@@ -9,13 +9,20 @@ import zipfile
 import numpy as np
 import pytest
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data import synthetic
 from fcnwild.data.base import Sample
-from fcnwild.data.synthetic import (BENCHMARK_TRAIN_IDS, ShiftConfig, generate_split,
-                                    open_synthetic, shift_config_from_dict, shift_parameters, config_hash)
+from fcnwild.data.synthetic import (
+    BENCHMARK_TRAIN_IDS,
+    ShiftConfig,
+    config_hash,
+    generate_split,
+    open_synthetic,
+    shift_config_from_dict,
+    shift_parameters,
+)
 from fcnwild.data.synthetic_render import Appearance, render_scene
 from fcnwild.data.synthetic_scene import CLASS_IDS, Part, SceneLayout, compose_scene
-from fcnwild.nets.errors import DatasetError
 
 
 def tiny(**changes) -> ShiftConfig:

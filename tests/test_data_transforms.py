@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from data_layouts import make_cityscapes
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.datasets import open_dataset
 from fcnwild.data.loader import BlobFeeder
 from fcnwild.data.transforms import CaffeTransform
-from fcnwild.nets.errors import DatasetError
 
 MEAN = (72.39, 82.91, 73.16)
 

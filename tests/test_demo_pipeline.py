@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from fcnwild.nets.errors import DatasetError
+from fcnwild.base.errors import DatasetError
 from fcnwild.nets.net import Net
 from fcnwild.solvers.adaptation import STAGES
 from fcnwild.tools import adapt_cmd, demo_cmd

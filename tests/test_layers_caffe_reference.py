@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from caffe_fixture import CaffeCase, case_names
+
+from fcnwild.base import caffe_pb2
 from fcnwild.layers.base import LayerContext
 from fcnwild.layers.registry import layer_class
-from fcnwild.nets import caffe_pb2
 
 NET_LEVEL_CASES = {"split_implicit", "input_layer_multi_top"}
 UNIT_CASES = [n for n in case_names("unit") if n not in NET_LEVEL_CASES]

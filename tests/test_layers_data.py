@@ -5,13 +5,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from caffe_fixture import CaffeCase
+from layer_testing import make_layer
+
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import DatasetError
 from fcnwild.layers.base import LayerContext
 from fcnwild.layers.registry import layer_class
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import DatasetError
-from layer_testing import make_layer
 
 
 def test_input_shapes_once_for_all_tops_or_once_per_top() -> None:

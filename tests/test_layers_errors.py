@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from fcnwild.nets.errors import DatasetError, NetError
 from layer_testing import make_layer
+
+from fcnwild.base.errors import DatasetError, NetError
 
 CONV = 'name: "c1" type: "Convolution" bottom: "x" top: "y" convolution_param {{ {} }}'
 POOL = 'name: "p1" type: "Pooling" bottom: "x" top: "y" pooling_param {{ {} }}'

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from fcnwild.layers.fillers import fill
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import NetError
 from layer_testing import make_layer
+
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import NetError
+from fcnwild.layers.fillers import fill
 
 
 def one(type_and_params: str, shapes, **kw):

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from fcnwild.nets import caffe_pb2
 from layer_testing import make_layer
+
+from fcnwild.base import caffe_pb2
 
 
 def caffe_pool(x: np.ndarray, k, s, p, method: str, ceil: bool = True):

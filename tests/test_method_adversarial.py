@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from google.protobuf import text_format
 
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import SolverError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import SolverError
 from fcnwild.solvers.adversarial import AlternatingSolver
 
 NET = """

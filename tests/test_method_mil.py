@@ -10,13 +10,16 @@ import pytest
 import torch
 from google.protobuf import text_format
 
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import NetError
 from fcnwild.data.class_stats import ClassStats, save_class_stats
 from fcnwild.layers.base import LayerContext
-from fcnwild.layers.constraint_solver import predicted_present, size_constraints, \
-    solve_constrained_softmax
+from fcnwild.layers.constraint_solver import (
+    predicted_present,
+    size_constraints,
+    solve_constrained_softmax,
+)
 from fcnwild.layers.mil import ClassGradientScale, ConstrainedMILLoss, WeakLoss
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import NetError
 
 CCNN = Path(__file__).parent / "fixtures" / "ccnn_reference" / "problems.h5"
 C = 5

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_layouts import make_cityscapes, make_gta5
 from google.protobuf import text_format
 
-from data_layouts import make_cityscapes, make_gta5
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import NetError
 from fcnwild.data.class_stats import compute_class_stats, save_class_stats
 from fcnwild.data.datasets import open_dataset
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import NetError
 from fcnwild.nets.net import Net
 from fcnwild.nets.paper_configs import all_files
 from fcnwild.nets.prototxt import read_net_param, read_solver_param

@@ -17,16 +17,16 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from fuzz_harness import memory_cap
+from solver_cases import solver_text, write, write_hdf5_source
 
+from fcnwild.base.errors import NetError, PrototxtError, SolverError, WeightsError
 from fcnwild.nets import wire
-from fcnwild.nets.errors import NetError, PrototxtError, SolverError, WeightsError
 from fcnwild.nets.net import Net
 from fcnwild.nets.prototxt import read_net_param
 from fcnwild.nets.weights import read_weights, write_torch_weights
 from fcnwild.solvers.solver import Solver
 from fcnwild.tools import train_cmd
-from fuzz_harness import memory_cap
-from solver_cases import solver_text, write, write_hdf5_source
 
 CAFFE = Path(__file__).parent / "fixtures" / "caffe_reference"
 # torch warns about the pickle protocol of the hand-made pickle below

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from google.protobuf import text_format
 
-from fcnwild.nets import caffe_pb2
-from fcnwild.nets.errors import NetError, PrototxtError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import NetError, PrototxtError
 from fcnwild.nets.netstate import filter_net, make_state
 from fcnwild.nets.prototxt import read_net_param, read_solver_param, read_text
 from fcnwild.nets.splits import insert_splits

@@ -8,8 +8,9 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-from fcnwild.nets import caffe_pb2, weights
-from fcnwild.nets.errors import NetError, WeightsError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import NetError, WeightsError
+from fcnwild.nets import weights
 from fcnwild.nets.net import Net
 
 CAFFE = Path(__file__).parent / "fixtures" / "caffe_reference"

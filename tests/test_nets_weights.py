@@ -8,8 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from fcnwild.nets import caffe_pb2, weights, wire
-from fcnwild.nets.errors import WeightsError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import WeightsError
+from fcnwild.nets import weights, wire
 from fcnwild.nets.prototxt import read_binary
 
 CAFFE = Path(__file__).parent / "fixtures" / "caffe_reference"

@@ -96,7 +96,7 @@ def test_our_snapshot_has_caffes_layout(name, tmp_path):
                 ref = b["history"][key][()]
                 assert np.abs(a["history"][key][()] - ref).max() <= atol + rtol * np.abs(ref).max()
     else:
-        from fcnwild.nets import caffe_pb2
+        from fcnwild.base import caffe_pb2
         from fcnwild.nets.prototxt import read_binary
         ours = read_binary(ours_state, caffe_pb2.SolverState())
         caffe = read_binary(caffe_state, caffe_pb2.SolverState())

@@ -11,16 +11,26 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
-from fcnwild.nets import atomic as atomic_module
-from fcnwild.nets import wire
-from fcnwild.nets.errors import DivergenceError, FcnwildError, SolverError
-from fcnwild.solvers import snapshot as snapshot_module
-from fcnwild.solvers.snapshot import (latest_snapshot, list_snapshots, read_solverstate,
-                                      write_solverstate)
-from fcnwild.solvers.solver import Solver
 from fuzz_harness import memory_cap
-from solver_cases import segmentation_net, solver_text, weights, write, write_hdf5_source
+from solver_cases import (
+    segmentation_net,
+    solver_text,
+    weights,
+    write,
+    write_hdf5_source,
+)
+
+from fcnwild.base import atomic as atomic_module
+from fcnwild.base.errors import DivergenceError, FcnwildError, SolverError
+from fcnwild.nets import wire
+from fcnwild.solvers import snapshot as snapshot_module
+from fcnwild.solvers.snapshot import (
+    latest_snapshot,
+    list_snapshots,
+    read_solverstate,
+    write_solverstate,
+)
+from fcnwild.solvers.solver import Solver
 
 STATE_SUFFIX = {"BINARYPROTO": ".solverstate", "HDF5": ".solverstate.h5"}
 MODEL_SUFFIX = {"BINARYPROTO": ".caffemodel", "HDF5": ".caffemodel.h5"}

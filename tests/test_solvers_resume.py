@@ -15,15 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from solver_cases import (
+    run_helper,
+    segmentation_net,
+    solver_text,
+    weights,
+    write,
+    write_hdf5_source,
+)
 
+from fcnwild.base import caffe_pb2
 from fcnwild.layers.base import LayerContext
 from fcnwild.layers.registry import layer_class
-from fcnwild.nets import caffe_pb2
 from fcnwild.nets.prototxt import parse_text
 from fcnwild.solvers.snapshot import read_solverstate, write_solverstate
 from fcnwild.solvers.solver import Solver
-from solver_cases import (run_helper, segmentation_net, solver_text, weights, write,
-                          write_hdf5_source)
 
 N, K = 9, 5
 CASES = [("SGD", "BINARYPROTO"), ("SGD", "HDF5"), ("Adam", "BINARYPROTO"), ("Adam", "HDF5")]

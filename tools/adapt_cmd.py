@@ -8,12 +8,17 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from fcnwild.base.errors import DatasetError
 from fcnwild.data.datasets import open_dataset
-from fcnwild.nets.errors import DatasetError
 from fcnwild.nets.frontend import ARCHITECTURES, DataSpec, SolverSettings
 from fcnwild.nets.paper_configs import ADAPTATION, SOURCE_ONLY
-from fcnwild.solvers.adaptation import STAGE_TITLES, STAGES, AdaptationRun, Experiment, \
-    synthetic_experiment
+from fcnwild.solvers.adaptation import (
+    STAGE_TITLES,
+    STAGES,
+    AdaptationRun,
+    Experiment,
+    synthetic_experiment,
+)
 from fcnwild.tools.progress import setup_logging, stage_progress
 
 

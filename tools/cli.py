@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from fcnwild.nets.errors import FcnwildError
+from fcnwild.base.errors import FcnwildError
 from fcnwild.tools.allocator import retain_freed_memory
 
 # verb -> (module under fcnwild.tools, one-line help)

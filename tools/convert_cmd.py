@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fcnwild.nets import caffe_pb2, weights
-from fcnwild.nets.errors import FcnwildError
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import FcnwildError
+from fcnwild.nets import weights
 from fcnwild.nets.net import Net
 from fcnwild.nets.prototxt import read_net_param, write_text
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fcnwild.nets.errors import SolverError
+from fcnwild.base.errors import SolverError
 from fcnwild.solvers import create_solver
 from fcnwild.solvers.snapshot import latest_snapshot, remove_stale_temporaries
 from fcnwild.tools.progress import iteration_progress, setup_logging

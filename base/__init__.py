@@ -1,0 +1,2 @@
+"""fcnwild.base: what every package may import — our caffe.proto and its generated module,
+the one error family, atomic file writes. It imports nothing of fcnwild's."""
