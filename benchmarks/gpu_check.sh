@@ -11,7 +11,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 # The fcnwild namespace without installing: link the user's top-level folders into it.
 mkdir -p /tmp/ns/fcnwild
-for p in layers nets solvers data tools; do ln -sfn "$PWD/$p" /tmp/ns/fcnwild/$p; done
+for p in base layers nets solvers data tools; do ln -sfn "$PWD/$p" /tmp/ns/fcnwild/$p; done
 export PYTHONPATH=/tmp/ns${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
