@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from fcnwild.base.atomic import atomic_write
+from fcnwild.base.cache import cache_root
 from fcnwild.base.errors import DatasetError
 from fcnwild.data.base import Entry, SegmentationDataset
 from fcnwild.data.labels import CITYSCAPES19
@@ -171,8 +172,7 @@ def generate_split(config: ShiftConfig, split: str) -> tuple[np.ndarray, np.ndar
 
 
 def cache_dir_for(config: ShiftConfig, cache_dir: str | os.PathLike | None = None) -> Path:
-    root = cache_dir or os.environ.get("FCNWILD_CACHE") or Path.home() / ".cache" / "fcnwild"
-    return Path(root) / "synthetic" / config_hash(config)
+    return Path(cache_dir or cache_root()) / "synthetic" / config_hash(config)
 
 
 def _check_split(split: str) -> None:

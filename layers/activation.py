@@ -46,10 +46,13 @@ class ReLU(Layer):
         top, self._inplace_top = self._inplace_top, None
         if top is None:
             raise self.error("in-place backward needs an in-place forward first")
+        # Caffe's in-place backward tests the output, top > 0, even for a negative slope.
+        # torch's fused backward kernels do the same test and write the diff in one pass.
         if self.negative_slope == 0:
-            grad.masked_fill_(top <= 0, 0)
+            torch.ops.aten.threshold_backward.grad_input(grad, top, 0, grad_input=grad)
         else:
-            grad.mul_(torch.where(top > 0, 1.0, self.negative_slope).to(grad.dtype))
+            torch.ops.aten.leaky_relu_backward.grad_input(grad, top, self.negative_slope, False,
+                                                         grad_input=grad)
 
 
 @register("PReLU")

@@ -6,82 +6,103 @@ layouts are Caffe's: convolution (C_out, C_in/g, *k), deconvolution
 (C_in, C_out/g, *k). Outputs keep the input's memory format (NCHW or
 channels-last), as torch's own convolutions do.
 
-``convolution`` and ``deconvolution`` take one of three paths per call;
-``choose_path`` names it (tests and benchmarks check the choice):
+A convolution is three GEMM-shaped operations: the forward, the input gradient
+and the weight gradient. A Deconvolution is the same three with the roles
+exchanged (its forward is a convolution's input gradient, its input gradient a
+convolution's forward). Each operation runs on one of three paths:
 
-* ``winograd`` -- 2-D 3x3, stride 1, one group, at least 64 input and output
-  channels and 128 output tiles (below, oneDNN is faster), any pad and
-  dilation, CPU, float32/float64: Winograd F(4x4, 3x3)
-  (Lavin & Gray 2016) for forward, input grad and weight grad: 36 batched
-  GEMMs, (tiles x C_in) x (C_in x C_out), do the work of 144 multiply-adds per
-  4x4 output tile. Dilation is space-to-batch folded into the tile gather
-  (element a of a phase-i tile reads input row (4t + a) * d + i), so a dilated
-  3x3 costs what an undilated one does. The map goes through in bands of tile
-  rows, channels-last inside a band, so the memory-bound transforms run in
-  cache. Interpolation points 0, 1, -1, 1/2, -2 (and infinity) keep float32
-  within ~3e-6 of a float64 reference, relative to the output's max (direct:
-  ~2e-6); the textbook points 0, +-1, +-2 give ~1e-5, Caffe's forward tolerance.
-* ``gemm`` -- explicit im2col + GEMM, one image at a time, as Caffe does (a
-  1x1 kernel needs no im2col: the image is the column matrix): 1x1
-  convolutions (fc7, final), kernels larger than 3x3 with at least 512
-  outputs per group (fc6: 7x7, dilation 4, 512->4096 on 40x40, whose torch
-  CPU backward takes minutes), very shallow inputs (conv1_1: 3 channels x 3x3,
-  where oneDNN runs at ~10 GFLOP/s) and every strided Deconvolution (Caffe's
-  col2im of a GEMM). A stride-1 Deconvolution is the convolution with the
-  flipped, transposed kernel and goes through the convolution rules.
-* ``native`` -- torch's own kernels (oneDNN on CPU) for everything else:
-  strided or grouped 3x3, mid-size kernels with few outputs, other devices,
-  other dtypes, 1-D and 3-D.
+* ``winograd`` -- 2-D 3x3, stride 1, one group, CPU, float32/float64: Winograd
+  F(4x4, 3x3) (Lavin & Gray 2016): 36 batched GEMMs, (tiles x C_in) x
+  (C_in x C_out), do the work of 144 multiply-adds per 4x4 output tile.
+  Dilation is space-to-batch folded into the tile gather (element a of a
+  phase-i tile reads input row (4t + a) * d + i), so a dilated 3x3 costs what
+  an undilated one does. The map goes through in bands of tile rows,
+  channels-last inside a band, so the memory-bound transforms run in cache.
+  The interpolation points 0, 1, -1, 1/2, -2 (and infinity) keep float32
+  within ~3e-6 of a float64 reference, relative to the output's max (direct
+  convolution: ~2e-6; the textbook points 0, +-1, +-2 give ~1e-5, Caffe's
+  forward tolerance).
+* ``gemm`` -- 2-D, CPU, float32/float64: explicit im2col + GEMM, one image at
+  a time, as Caffe does (a 1x1 kernel needs no im2col: the image is the column
+  matrix); the input gradient is Caffe's GEMM followed by col2im.
+* ``native`` -- torch's own kernels (oneDNN on CPU): every case, and the only
+  path on other devices, for other dtypes and in 1-D and 3-D.
 
-Measured on the 2-core AVX2 machine, 2 threads, float32, quiet (load < 2),
-forward / backward effective GFLOP/s (2*K*C_in*C_out*H_out*W_out per pass;
-4096^2 torch.mm: 140-180 GFLOP/s, varying between runs):
-
-    layer (crop 500)          native      winograd     gemm
-    conv1_2  64->64  @498    84 / 91     116 / 101
-    conv2_1  64->128 @248   107 / 139    179 / 157
-    conv2_2 128->128 @246   177 / 131    176 / 266
-    conv3_2 256->256 @120   179 / 153    289 / 292
-    conv4_2 512->512 @56    149 / 177    315 / 243
-    conv5_1 512 dil 2 @52   171 / 139    300 / 168
-    fc6  7x7 dil 4 @40      ~55 / ~0.7*                 124 / 136
-    fc7  1x1 4096->4096     (noisy)                     105 / 110
-
-    * torch's dilated CPU backward for fc6: ~150 s (issue 7); plain PyTorch
-      needs 107 s for the whole train step here, conv_ops 4.2-4.7 s.
-
-benchmarks/bench_conv_paths.py prints this table for any shape;
-benchmarks/bench_frontend.py times the whole train step.
+On the CPU, which path runs each operation is measured once per machine and
+operation shape (layers/conv_tuning.py: the fastest depends on the CPU's
+vector width, caches and memory bandwidth and on torch's build). ``choose_path``
+gives the fixed rule used when that tuning is off (``FCNWILD_CONV_TUNING=off``,
+as in the test suite) and as every measurement's first candidate;
+``choose_plan`` gives the paths a call takes.
+benchmarks/bench_conv_paths.py times every path on the front-end's shapes.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from fcnwild.layers import conv_tuning
+
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 _FAST_DTYPES = (torch.float32, torch.float64)
+PATHS = ("native", "gemm", "winograd")
+OPS = ("forward", "input_grad", "weight_grad")
 
-# Winograd pays off once its GEMMs outweigh the tile transforms (enough
-# channels) and the transformed kernels, 4x the size of the plain ones, are
-# reused over enough tiles: at 512 channels oneDNN wins below ~128 tiles
-# (e.g. a 40x40 output), Winograd by 1.5x above ~144; below 64 channels
-# oneDNN wins at any size.
+# The fixed rules. Winograd pays off once its GEMMs outweigh the tile transforms
+# (enough channels) and the transformed kernels, 4x the size of the plain ones,
+# are reused over enough 4x4 output tiles.
 _WINOGRAD_MIN_CHANNELS = 64
 _WINOGRAD_MIN_TILES = 128
-# For a kernel larger than 3x3, im2col + GEMM beats oneDNN once the GEMM dwarfs
-# the im2col copy (each column element feeds 2 * C_out/g FLOPs); one image's
-# column matrix must stay small next to the activations.
+# For a kernel larger than 3x3, im2col + GEMM wins once the GEMM dwarfs the im2col
+# copy (each column element feeds 2 * C_out/g FLOPs); torch's CPU backward of a
+# dilated large kernel (fc6: 7x7, dilation 4) is orders of magnitude slower still.
 _GEMM_MIN_OUT_CHANNELS = 512
-# oneDNN is slow on a very shallow input (VGG's conv1_1: 3 channels x 3x3 = 27
-# values per output pixel), where im2col is cheap.
+# A very shallow input (VGG's conv1_1: 3 channels x 3x3 = 27 values per output
+# pixel) makes im2col cheap and oneDNN's blocking poor.
 _GEMM_MAX_SHALLOW_K = 32
+# One image's column matrix must stay small next to the activations.
 _GEMM_MAX_COL_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Kernel, stride, pad, dilation and groups of one convolution (per spatial axis)."""
+    kernel: tuple
+    stride: tuple
+    pad: tuple
+    dilation: tuple
+    groups: int
+
+    @property
+    def identity_cols(self) -> bool:
+        """A 1x1, stride-1, unpadded kernel needs no column matrix: the image is one."""
+        return all(k == 1 for k in self.kernel) and all(s == 1 for s in self.stride) \
+            and all(p == 0 for p in self.pad)
+
+    def out_size(self, size: Sequence[int]) -> tuple:
+        """The convolution's output size for an input of ``size``."""
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+                     zip(size, self.kernel, self.stride, self.pad, self.dilation))
+
+    def in_size(self, size: Sequence[int]) -> tuple:
+        """The deconvolution's output size: the input size whose convolution has ``size``
+        (the largest such, as Caffe's Deconvolution defines it)."""
+        return tuple((n - 1) * s - 2 * p + d * (k - 1) + 1 for n, k, s, p, d in
+                     zip(size, self.kernel, self.stride, self.pad, self.dilation))
+
+
+class Plan(NamedTuple):
+    """The path of each operation of one layer, in the layer's own terms."""
+    forward: str
+    input_grad: str
+    weight_grad: str
 
 
 # ---------------------------------------------------------------------------------------
@@ -90,56 +111,98 @@ _GEMM_MAX_COL_BYTES = 256 << 20
 
 def choose_path(x: Tensor, weight: Tensor, stride: Sequence[int], pad: Sequence[int],
                 dilation: Sequence[int], groups: int, transposed: bool = False) -> str:
-    """Name of the path ``convolution`` (or ``deconvolution`` if ``transposed``) takes."""
-    if (x.device.type != "cpu" or x.dtype not in _FAST_DTYPES or weight.dtype != x.dtype
-            or len(stride) != 2 or x.dim() != 4):
+    """The fixed rule's path for ``convolution`` (``deconvolution`` if ``transposed``)."""
+    if not _tunable(x, weight):
         return "native"
     kernel = tuple(weight.shape[2:])
     if not transposed:
-        return _conv_path(x, weight.shape[0], kernel, stride, pad, dilation, groups)
+        return _conv_rule(tuple(x.shape), x.element_size(), weight.shape[0], kernel, stride,
+                          pad, dilation, groups)
     if all(s == 1 for s in stride):
         # A stride-1 deconvolution is a convolution with the flipped kernel.
-        return _conv_path(x, weight.shape[1] * groups, kernel, stride,
-                          _flipped_pad(kernel, pad, dilation), dilation, groups)
+        return _conv_rule(tuple(x.shape), x.element_size(), weight.shape[1] * groups, kernel,
+                          stride, _flipped_pad(kernel, pad, dilation), dilation, groups)
     col_bytes = x.element_size() * math.prod(weight.shape[1:]) * groups * x.shape[2] * x.shape[3]
     return "gemm" if col_bytes <= _GEMM_MAX_COL_BYTES else "native"
 
 
-def _conv_path(x: Tensor, c_out: int, kernel: tuple, stride: Sequence[int], pad: Sequence[int],
-               dilation: Sequence[int], groups: int) -> str:
-    c_in = x.shape[1]
+def choose_plan(x: Tensor, weight: Tensor, stride: Sequence[int], pad: Sequence[int],
+                dilation: Sequence[int], groups: int, transposed: bool = False) -> Plan:
+    """The paths ``convolution`` (``deconvolution``) takes for these shapes; measures
+    those not known yet on random tensors of the shapes (see layers/conv_tuning.py)."""
+    rule = choose_path(x, weight, stride, pad, dilation, groups, transposed)
+    if not _tunable(x, weight):
+        return Plan(rule, rule, rule)
+    geom = Geometry(tuple(weight.shape[2:]), tuple(stride), tuple(pad), tuple(dilation), groups)
+    gen = torch.Generator().manual_seed(0)
+    other_size = ((x.shape[0], weight.shape[1] * groups) + geom.in_size(x.shape[2:]) if transposed
+                  else (x.shape[0], weight.shape[0]) + geom.out_size(x.shape[2:]))
+    other = torch.randn(other_size, generator=gen, dtype=x.dtype).contiguous(
+        memory_format=_memory_format(x))
+    # In convolution terms: the input side and the output side.
+    conv_x, conv_y = (other, x) if transposed else (x, other)
+    fmt = _memory_format(x)
+    paths = {op: _resolve(op, rule, geom, fmt, x=conv_x, w=weight, gy=conv_y) for op in OPS}
+    if transposed:
+        return Plan(paths["input_grad"], paths["forward"], paths["weight_grad"])
+    return Plan(paths["forward"], paths["input_grad"], paths["weight_grad"])
+
+
+def convolution(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int],
+                pad: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
+    """Caffe's Convolution forward; weight is (C_out, C_in/groups, *kernel)."""
+    rule = choose_path(x, weight, stride, pad, dilation, groups)
+    geom = Geometry(tuple(weight.shape[2:]), tuple(stride), tuple(pad), tuple(dilation), groups)
+    if not _tunable(x, weight) or (rule == "native" and conv_tuning.mode() == "off"):
+        return _native_conv(x, weight, bias, geom)
+    x = _dense(x)
+    with torch.no_grad():
+        path = _resolve("forward", rule, geom, _memory_format(x), x=x, w=weight)
+    return _Convolution.apply(x, weight, bias, geom, rule, path)
+
+
+def deconvolution(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int],
+                  pad: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
+    """Caffe's Deconvolution forward; weight is (C_in, C_out/groups, *kernel)."""
+    rule = choose_path(x, weight, stride, pad, dilation, groups, transposed=True)
+    geom = Geometry(tuple(weight.shape[2:]), tuple(stride), tuple(pad), tuple(dilation), groups)
+    if not _tunable(x, weight) or (rule == "native" and conv_tuning.mode() == "off"):
+        return _native_deconv(x, weight, bias, geom)
+    x = _dense(x)
+    with torch.no_grad():
+        path = _resolve("input_grad", rule, geom, _memory_format(x), gy=x, w=weight,
+                        x_shape=(x.shape[0], weight.shape[1] * groups) + geom.in_size(x.shape[2:]))
+    return _Deconvolution.apply(x, weight, bias, geom, rule, path)
+
+
+def _tunable(x: Tensor, weight: Tensor) -> bool:
+    """Whether paths other than native exist: 2-D on the CPU in float32/float64."""
+    return (x.device.type == "cpu" and x.dtype in _FAST_DTYPES and weight.dtype == x.dtype
+            and x.dim() == 4 and weight.dim() == 4)
+
+
+def _conv_rule(x_shape: tuple, element_size: int, c_out: int, kernel: tuple,
+               stride: Sequence[int], pad: Sequence[int], dilation: Sequence[int],
+               groups: int) -> str:
+    c_in = x_shape[1]
     out_size = [(size + 2 * p - d * (k - 1) - 1) // s + 1
-                for size, k, s, p, d in zip(x.shape[2:], kernel, stride, pad, dilation)]
-    if min(out_size) < 1 or x.numel() == 0:
+                for size, k, s, p, d in zip(x_shape[2:], kernel, stride, pad, dilation)]
+    if min(out_size) < 1 or math.prod(x_shape) == 0:
         return "native"                     # torch reports the bad shape
     if (kernel == (3, 3) and tuple(stride) == (1, 1) and groups == 1
             and min(c_in, c_out) >= _WINOGRAD_MIN_CHANNELS
-            and _winograd_tiles(x.shape[0], out_size, dilation) >= _WINOGRAD_MIN_TILES):
+            and _winograd_tiles(x_shape[0], out_size, dilation) >= _WINOGRAD_MIN_TILES):
         return "winograd"
     if kernel == (1, 1) and tuple(pad) == (0, 0):
         return "gemm"
     depth = c_in // groups * kernel[0] * kernel[1]          # column-matrix rows per group
-    if x.element_size() * depth * groups * math.prod(out_size) > _GEMM_MAX_COL_BYTES:
+    if element_size * depth * groups * math.prod(out_size) > _GEMM_MAX_COL_BYTES:
         return "native"
     if depth <= _GEMM_MAX_SHALLOW_K and tuple(stride) == (1, 1):
         return "gemm"
     if kernel[0] * kernel[1] > 9 and c_out // groups >= _GEMM_MIN_OUT_CHANNELS:
         return "gemm"
     return "native"
-
-
-def convolution(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int],
-                pad: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
-    """Caffe's Convolution forward; weight is (C_out, C_in/groups, *kernel)."""
-    path = choose_path(x, weight, stride, pad, dilation, groups)
-    return CONV_PATHS[path](x, weight, bias, tuple(stride), tuple(pad), tuple(dilation), groups)
-
-
-def deconvolution(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int],
-                  pad: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
-    """Caffe's Deconvolution forward; weight is (C_in, C_out/groups, *kernel)."""
-    path = choose_path(x, weight, stride, pad, dilation, groups, transposed=True)
-    return DECONV_PATHS[path](x, weight, bias, tuple(stride), tuple(pad), tuple(dilation), groups)
 
 
 def _winograd_tiles(batch: int, out_size: Sequence[int], dilation: Sequence[int]) -> int:
@@ -156,17 +219,158 @@ def _flipped_pad(kernel: Sequence[int], pad: Sequence[int], dilation: Sequence[i
 
 
 # ---------------------------------------------------------------------------------------
-# native
+# measured choice of each operation's path
 # ---------------------------------------------------------------------------------------
 
-def _native_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple, pad: tuple,
-                 dilation: tuple, groups: int) -> Tensor:
-    return _CONV[len(stride)](x, weight, bias, stride, pad, dilation, groups)
+def _candidates(geom: Geometry, x_shape: Sequence[int], element_size: int) -> list[str]:
+    """The paths that can run a 2-D CPU convolution of these shapes."""
+    paths = ["native"]
+    cols = element_size * x_shape[1] * math.prod(geom.kernel) * math.prod(geom.out_size(x_shape[2:]))
+    if geom.identity_cols or cols <= _GEMM_MAX_COL_BYTES:
+        paths.append("gemm")
+    if geom.kernel == (3, 3) and geom.stride == (1, 1) and geom.groups == 1:
+        paths.append("winograd")
+    return paths
 
 
-def _native_deconv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple, pad: tuple,
-                   dilation: tuple, groups: int) -> Tensor:
-    return _CONV_T[len(stride)](x, weight, bias, stride, pad, 0, groups, dilation)
+def _plan_key(op: str, x_shape: Sequence[int], w_shape: Sequence[int], geom: Geometry,
+              dtype: torch.dtype, fmt: torch.memory_format) -> str:
+    """Names one operation's problem for the plan cache. Output sizes within a quarter
+    octave share a measurement (whole-image inference meets many nearby sizes)."""
+    out = geom.out_size(x_shape[2:])
+    size_class = round(4 * math.log2(max(math.prod(out), 1)))
+    layout = "nhwc" if fmt == torch.channels_last else "nchw"
+    return (f"{op} n{x_shape[0]} c{x_shape[1]}->{w_shape[0]} k{geom.kernel} s{geom.stride} "
+            f"d{geom.dilation} g{geom.groups} px{size_class} {str(dtype)[6:]} {layout}")
+
+
+def _resolve(op: str, rule: str, geom: Geometry, fmt: torch.memory_format, *, w: Tensor,
+             x: Tensor | None = None, gy: Tensor | None = None,
+             x_shape: Sequence[int] | None = None) -> str:
+    """The path of one convolution operation (in convolution terms: ``x`` the input
+    side, ``gy`` the output side) of a layer whose input has memory format ``fmt``,
+    measured once per machine and shape."""
+    x_shape = tuple(x.shape) if x is not None else tuple(x_shape)
+    sample = x if x is not None else gy
+    if conv_tuning.mode() == "off":
+        return rule
+    candidates = _candidates(geom, x_shape, sample.element_size())
+    key = _plan_key(op, x_shape, w.shape, geom, sample.dtype, fmt)
+    full = _trial_factory(op, geom, x_shape, w, x, gy)
+    probe_shapes = _probe_shapes(x_shape, tuple(w.shape), geom.groups)
+    probe = None
+    if probe_shapes is not None:
+        gen = torch.Generator().manual_seed(0)
+        px_shape, pw_shape = probe_shapes
+        px = torch.randn(px_shape, generator=gen, dtype=sample.dtype).contiguous(memory_format=fmt)
+        pw = torch.randn(pw_shape, generator=gen, dtype=sample.dtype)
+        pgy = torch.randn((px_shape[0], pw_shape[0]) + geom.out_size(px_shape[2:]), generator=gen,
+                          dtype=sample.dtype).contiguous(memory_format=fmt)
+        probe = _trial_factory(op, geom, px_shape, pw, px, pgy)
+    with torch.no_grad():
+        return conv_tuning.choose(key, candidates, rule, full, probe)
+
+
+def _probe_shapes(x_shape: tuple, w_shape: tuple, groups: int) -> tuple[tuple, tuple] | None:
+    """x and weight shapes with at most PROBE_CHANNELS channels per group on either side."""
+    c_in_g = min(x_shape[1] // groups, conv_tuning.PROBE_CHANNELS)
+    c_out_g = min(w_shape[0] // groups, conv_tuning.PROBE_CHANNELS)
+    if c_in_g * groups == x_shape[1] and c_out_g * groups == w_shape[0]:
+        return None
+    return ((x_shape[0], c_in_g * groups) + x_shape[2:],
+            (c_out_g * groups, c_in_g) + w_shape[2:])
+
+
+def _trial_factory(op: str, geom: Geometry, x_shape: tuple, w: Tensor, x: Tensor | None,
+                   gy: Tensor | None) -> Callable[[str], Callable[[], Tensor]]:
+    """path -> a callable running ``op`` on these tensors with that path."""
+    def trial(path: str) -> Callable[[], Tensor]:
+        kernels = KERNELS[path]
+        if op == "forward":
+            return lambda: kernels.forward(x, w, None, geom)
+        if op == "input_grad":
+            return lambda: kernels.input_grad(gy, w, geom, x_shape[2:])
+        return lambda: kernels.weight_grad(x, gy, geom, tuple(w.shape))
+    return trial
+
+
+# ---------------------------------------------------------------------------------------
+# the autograd Functions: one path per operation
+# ---------------------------------------------------------------------------------------
+
+def _bias_grad(gy: Tensor, ctx: FunctionCtx) -> Tensor | None:
+    return gy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+
+
+def _add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
+    if bias is not None:
+        y += bias.view(1, -1, *([1] * (y.dim() - 2)))
+    return y
+
+
+class _Convolution(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,
+                geom: Geometry, rule: str, path: str) -> Tensor:
+        need_x, need_w, _ = ctx.needs_input_grad[:3]
+        # Keep only what backward reads: x for the weight grad, W for the input grad.
+        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
+        ctx.geom, ctx.rule, ctx.has_bias = geom, rule, bias is not None
+        ctx.x_shape, ctx.w_shape, ctx.fmt = tuple(x.shape), tuple(weight.shape), _memory_format(x)
+        return KERNELS[path].forward(x, weight, bias, geom)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, gy: Tensor):
+        x, weight = ctx.saved_tensors
+        gy, geom = _dense(gy), ctx.geom
+        gx = gw = None
+        if weight is not None:
+            path = _resolve("input_grad", ctx.rule, geom, ctx.fmt, gy=gy, w=weight,
+                            x_shape=ctx.x_shape)
+            gx = KERNELS[path].input_grad(gy, weight, geom, ctx.x_shape[2:])
+        if x is not None:
+            x = _dense(x)
+            path = _resolve("weight_grad", ctx.rule, geom, ctx.fmt, x=x, gy=gy,
+                            w=_shape_only(weight, ctx.w_shape, x))
+            gw = KERNELS[path].weight_grad(x, gy, geom, ctx.w_shape)
+        return gx, gw, _bias_grad(gy, ctx), None, None, None
+
+
+class _Deconvolution(torch.autograd.Function):
+    """Caffe's Deconvolution: the adjoint of the convolution whose weight it holds."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,
+                geom: Geometry, rule: str, path: str) -> Tensor:
+        need_x, need_w, _ = ctx.needs_input_grad[:3]
+        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
+        ctx.geom, ctx.rule, ctx.has_bias = geom, rule, bias is not None
+        ctx.w_shape, ctx.fmt = tuple(weight.shape), _memory_format(x)
+        y = KERNELS[path].input_grad(x, weight, geom, geom.in_size(x.shape[2:]))
+        return _add_bias(y, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, gy: Tensor):
+        x, weight = ctx.saved_tensors
+        gy, geom = _dense(gy), ctx.geom
+        gx = gw = None
+        # The deconvolution's output is the convolution's input side, and vice versa.
+        if weight is not None:
+            path = _resolve("forward", ctx.rule, geom, ctx.fmt, x=gy, w=weight)
+            gx = KERNELS[path].forward(gy, weight, None, geom)
+        if x is not None:
+            x = _dense(x)
+            path = _resolve("weight_grad", ctx.rule, geom, ctx.fmt, x=gy, gy=x,
+                            w=_shape_only(weight, ctx.w_shape, x))
+            gw = KERNELS[path].weight_grad(gy, x, geom, ctx.w_shape)
+        return gx, gw, _bias_grad(gy, ctx), None, None, None
+
+
+def _shape_only(weight: Tensor | None, shape: tuple, like: Tensor) -> Tensor:
+    """The weight, or a stand-in of its shape where only its shape is needed."""
+    return weight if weight is not None else like.new_empty(1).expand(shape)
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,7 +379,7 @@ def _native_deconv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple
 
 def _memory_format(x: Tensor) -> torch.memory_format:
     """Like torch's own convolutions, answer in the input's memory format."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
 
@@ -190,60 +394,84 @@ def _empty_like_format(shape: Sequence[int], like: Tensor, fmt: torch.memory_for
 
 
 # ---------------------------------------------------------------------------------------
+# native: torch's kernels
+# ---------------------------------------------------------------------------------------
+
+def _native_conv(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometry) -> Tensor:
+    return _CONV[len(geom.stride)](x, weight, bias, geom.stride, geom.pad, geom.dilation,
+                                   geom.groups)
+
+
+def _native_deconv(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometry) -> Tensor:
+    return _CONV_T[len(geom.stride)](x, weight, bias, geom.stride, geom.pad, 0, geom.groups,
+                                     geom.dilation)
+
+
+def _native_input_grad(gy: Tensor, weight: Tensor, geom: Geometry, size: Sequence[int]) -> Tensor:
+    # The transposed convolution, with the rows and columns the forward's floor dropped.
+    extra = tuple(n - m for n, m in zip(size, geom.in_size(gy.shape[2:])))
+    return _CONV_T[len(geom.stride)](gy, weight, None, geom.stride, geom.pad, extra,
+                                     geom.groups, geom.dilation)
+
+
+def _native_weight_grad(x: Tensor, gy: Tensor, geom: Geometry, w_shape: Sequence[int]) -> Tensor:
+    nd = len(geom.stride)
+    return torch.ops.aten.convolution_backward(
+        gy, x, gy.new_empty(1).expand(w_shape), None, geom.stride, geom.pad, geom.dilation,
+        False, [0] * nd, geom.groups, (False, True, False))[1]
+
+
+# ---------------------------------------------------------------------------------------
 # gemm: im2col + GEMM, one image at a time (Caffe's forward_cpu_gemm & co.)
 # ---------------------------------------------------------------------------------------
 
-class _Geometry:
-    """Kernel, stride, pad, dilation and groups of one 2-D convolution."""
-
-    def __init__(self, kernel: tuple, stride: tuple, pad: tuple, dilation: tuple, groups: int):
-        self.kernel, self.stride, self.pad, self.dilation, self.groups = (
-            kernel, stride, pad, dilation, groups)
-        # A 1x1, stride-1, unpadded kernel needs no column matrix: the image is one.
-        self.identity_cols = kernel == (1, 1) and stride == (1, 1) and pad == (0, 0)
-
-    def conv_out_size(self, size: Sequence[int]) -> tuple:
-        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
-                     zip(size, self.kernel, self.stride, self.pad, self.dilation))
-
-    def deconv_out_size(self, size: Sequence[int]) -> tuple:
-        return tuple((n - 1) * s - 2 * p + d * (k - 1) + 1 for n, k, s, p, d in
-                     zip(size, self.kernel, self.stride, self.pad, self.dilation))
-
-    def cols(self, image: Tensor) -> Tensor:
-        """(C, H, W) image -> (groups, C/g * kh * kw, H_out * W_out) column matrices."""
-        if self.identity_cols:
-            col = image.reshape(image.shape[0], -1)
-        else:
-            col = F.unfold(image.unsqueeze(0), self.kernel, self.dilation, self.pad, self.stride)[0]
-        return col.view(self.groups, col.shape[0] // self.groups, col.shape[1])
-
-    def image(self, col: Tensor, size: Sequence[int]) -> Tensor:
-        """(C * kh * kw, H_out * W_out) column matrix -> summed-back (C, H, W) image."""
-        if self.identity_cols:
-            return col.view(-1, *size)
-        return F.fold(col.unsqueeze(0), tuple(size), self.kernel, self.dilation, self.pad,
-                      self.stride)[0]
+def _cols(image: Tensor, geom: Geometry) -> Tensor:
+    """(C, H, W) image -> (groups, C/g * kh * kw, H_out * W_out) column matrices."""
+    if geom.identity_cols:
+        col = image.reshape(image.shape[0], -1)
+    else:
+        col = F.unfold(image.unsqueeze(0), geom.kernel, geom.dilation, geom.pad, geom.stride)[0]
+    return col.view(geom.groups, col.shape[0] // geom.groups, col.shape[1])
 
 
-def _gemm_conv(x: Tensor, weight: Tensor, geom: _Geometry) -> Tensor:
+def _image(col: Tensor, geom: Geometry, size: Sequence[int]) -> Tensor:
+    """(C * kh * kw, H_out * W_out) column matrix -> summed-back (C, H, W) image."""
+    if geom.identity_cols:
+        return col.view(-1, *size)
+    # torch's col2im runs images in parallel, not channels: channel chunks go in as
+    # images (each channel's sum is independent of the others').
+    chunks = _parallel_chunks(col.shape[0] // math.prod(geom.kernel))
+    image = F.fold(col.view(chunks, col.shape[0] // chunks, col.shape[1]), tuple(size),
+                   geom.kernel, geom.dilation, geom.pad, geom.stride)
+    return image.view(-1, *size)
+
+
+def _parallel_chunks(channels: int) -> int:
+    """The number of channel chunks that keeps every thread busy: the smallest divisor
+    of ``channels`` not below the thread count (the whole when there is none)."""
+    threads = torch.get_num_threads()
+    return next((d for d in range(threads, channels + 1) if channels % d == 0), 1) \
+        if threads > 1 else 1
+
+
+def _gemm_forward(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometry) -> Tensor:
     """Convolution: y_n = W @ im2col(x_n), per group."""
     g, c_out = geom.groups, weight.shape[0]
     fmt = _memory_format(x)
-    y = _empty_like_format((x.shape[0], c_out) + geom.conv_out_size(x.shape[2:]), x, fmt)
+    y = _empty_like_format((x.shape[0], c_out) + geom.out_size(x.shape[2:]), x, fmt)
     w = weight.reshape(g, c_out // g, -1)
     for n in range(x.shape[0]):
-        cols = geom.cols(x[n])
+        cols = _cols(x[n], geom)
         if fmt == torch.channels_last:
             # y_n^T = cols^T W^T: the GEMM writes the channels-last image directly.
             _matmul_into_hwc(cols.transpose(1, 2), w.transpose(1, 2), y[n])
         else:
             torch.bmm(w, cols, out=y[n].view(g, c_out // g, -1))
-    return y
+    return _add_bias(y, bias)
 
 
-def _gemm_conv_transposed(gy: Tensor, weight: Tensor, geom: _Geometry, size: Sequence[int]) -> Tensor:
-    """The adjoint of ``_gemm_conv`` (its input grad, a Deconvolution's forward):
+def _gemm_input_grad(gy: Tensor, weight: Tensor, geom: Geometry, size: Sequence[int]) -> Tensor:
+    """The adjoint of ``_gemm_forward`` (its input grad, a Deconvolution's forward):
     x_n = col2im(W^T @ y_n), per group; ``size`` is x's spatial size."""
     g, c_out = geom.groups, weight.shape[0]
     w = weight.reshape(g, c_out // g, -1)
@@ -255,7 +483,7 @@ def _gemm_conv_transposed(gy: Tensor, weight: Tensor, geom: _Geometry, size: Seq
             _matmul_into_hwc(dy.transpose(1, 2), w, x[n])
         else:
             col = torch.bmm(w.transpose(1, 2), dy)
-            x[n] = geom.image(col.view(-1, col.shape[2]), size)
+            x[n] = _image(col.view(-1, col.shape[2]), geom, size)
     return x
 
 
@@ -269,88 +497,19 @@ def _matmul_into_hwc(a: Tensor, b: Tensor, image: Tensor) -> None:
         hwc.copy_(torch.bmm(a, b).transpose(0, 1))
 
 
-def _gemm_conv_weight_grad(x: Tensor, gy: Tensor, weight_shape: Sequence[int],
-                           geom: _Geometry) -> Tensor:
+def _gemm_weight_grad(x: Tensor, gy: Tensor, geom: Geometry, w_shape: Sequence[int]) -> Tensor:
     """dW = sum_n dy_n @ im2col(x_n)^T, per group."""
-    g, c_out = geom.groups, weight_shape[0]
-    gw = gy.new_empty(weight_shape)
+    g, c_out = geom.groups, w_shape[0]
+    gw = gy.new_empty(w_shape)
     gw_g = gw.view(g, c_out // g, -1)
     for n in range(x.shape[0]):
-        dy, cols = gy[n].reshape(g, c_out // g, -1), geom.cols(x[n]).transpose(1, 2)
+        dy, cols = gy[n].reshape(g, c_out // g, -1), _cols(x[n], geom).transpose(1, 2)
         # The first image writes dW directly: fc6's dW is 411 MB, not worth zeroing first.
         if n == 0:
             torch.bmm(dy, cols, out=gw_g)
         else:
             gw_g.baddbmm_(dy, cols)
     return gw
-
-
-def _add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
-    if bias is not None:
-        y += bias.view(1, -1, *([1] * (y.dim() - 2)))
-    return y
-
-
-def _bias_grad(gy: Tensor, ctx: FunctionCtx, index: int) -> Tensor | None:
-    return gy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[index] else None
-
-
-class _GemmConvolution(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,
-                geom: _Geometry) -> Tensor:
-        need_x, need_w, _ = ctx.needs_input_grad[:3]
-        # Keep only what backward reads: x for the weight grad, W for the input grad.
-        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
-        ctx.geom, ctx.has_bias, ctx.in_size = geom, bias is not None, x.shape[2:]
-        ctx.weight_shape = weight.shape
-        return _add_bias(_gemm_conv(_dense(x), weight, geom), bias)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, gy: Tensor):
-        x, weight = ctx.saved_tensors
-        gy = _dense(gy)
-        gx = _gemm_conv_transposed(gy, weight, ctx.geom, ctx.in_size) if weight is not None else None
-        gw = (_gemm_conv_weight_grad(_dense(x), gy, ctx.weight_shape, ctx.geom)
-              if x is not None else None)
-        return gx, gw, _bias_grad(gy, ctx, 2), None
-
-
-class _GemmDeconvolution(torch.autograd.Function):
-    """Caffe's Deconvolution: the adjoint of the convolution whose weight it holds."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,
-                geom: _Geometry) -> Tensor:
-        need_x, need_w, _ = ctx.needs_input_grad[:3]
-        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
-        ctx.geom, ctx.has_bias = geom, bias is not None
-        ctx.weight_shape = weight.shape
-        y = _gemm_conv_transposed(_dense(x), weight, geom, geom.deconv_out_size(x.shape[2:]))
-        return _add_bias(y, bias)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, gy: Tensor):
-        x, weight = ctx.saved_tensors
-        gy = _dense(gy)
-        gx = _gemm_conv(gy, weight, ctx.geom) if weight is not None else None
-        gw = (_gemm_conv_weight_grad(gy, _dense(x), ctx.weight_shape, ctx.geom)
-              if x is not None else None)
-        return gx, gw, _bias_grad(gy, ctx, 2), None
-
-
-def _gemm_conv_path(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple, pad: tuple,
-                    dilation: tuple, groups: int) -> Tensor:
-    geom = _Geometry(tuple(weight.shape[2:]), stride, pad, dilation, groups)
-    return _GemmConvolution.apply(x, weight, bias, geom)
-
-
-def _gemm_deconv_path(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple, pad: tuple,
-                      dilation: tuple, groups: int) -> Tensor:
-    geom = _Geometry(tuple(weight.shape[2:]), stride, pad, dilation, groups)
-    return _GemmDeconvolution.apply(x, weight, bias, geom)
 
 
 # ---------------------------------------------------------------------------------------
@@ -516,11 +675,12 @@ def _winograd_conv(x: Tensor, u: Tensor, bias: Tensor | None, pad: tuple, dilati
     return y
 
 
-def _winograd_weight_grad(x: Tensor, gy: Tensor, pad: tuple, dilation: tuple) -> Tensor:
+def _winograd_weight_grad(x: Tensor, gy: Tensor, geom: Geometry, w_shape: Sequence[int]) -> Tensor:
     """dW (C_out, C, 3, 3) of a stride-1 3x3 convolution: dU_p = sum over tiles of
     (A dY A^T)_p^T (B^T d B)_p, then dW = G^T dU G."""
     bt, at, gk = _winograd_matrices(x.dtype, x.device)
     c_in, c_out = x.shape[1], gy.shape[1]
+    pad, dilation = geom.pad, geom.dilation
     tiling = _Tiling(x.shape, max(c_in, c_out), pad, dilation)
     x_reader = _TileReader(tiling, x, _TILE_IN, pad)
     gy_reader = _TileReader(tiling, gy, _TILE_OUT, (0, 0))
@@ -534,45 +694,55 @@ def _winograd_weight_grad(x: Tensor, gy: Tensor, pad: tuple, dilation: tuple) ->
     return (du.view(36, -1).t() @ gk).view(c_out, c_in, 3, 3)
 
 
-class _WinogradConvolution(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,
-                pad: tuple, dilation: tuple) -> Tensor:
-        need_x, need_w, _ = ctx.needs_input_grad[:3]
-        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
-        ctx.pad, ctx.dilation, ctx.has_bias = pad, dilation, bias is not None
-        return _winograd_conv(x, _winograd_weights(weight), bias, pad, dilation)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, gy: Tensor):
-        x, weight = ctx.saved_tensors
-        gx = gw = None
-        if weight is not None:
-            # The input grad is the convolution of dY with the flipped, transposed kernel.
-            flipped_pad = tuple(2 * d - p for p, d in zip(ctx.pad, ctx.dilation))
-            u = _winograd_weights(weight.flip(2, 3).transpose(0, 1))
-            gx = _winograd_conv(gy, u, None, flipped_pad, ctx.dilation)
-        if x is not None:
-            gw = _winograd_weight_grad(x, gy, ctx.pad, ctx.dilation)
-        return gx, gw, _bias_grad(gy, ctx, 2), None, None
+def _winograd_forward(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometry) -> Tensor:
+    return _winograd_conv(x, _winograd_weights(weight), bias, geom.pad, geom.dilation)
 
 
-def _winograd_conv_path(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple,
-                        pad: tuple, dilation: tuple, groups: int) -> Tensor:
-    return _WinogradConvolution.apply(x, weight, bias, pad, dilation)
+def _winograd_input_grad(gy: Tensor, weight: Tensor, geom: Geometry, size: Sequence[int]) -> Tensor:
+    # The convolution of dY with the flipped, transposed kernel (stride 1: no size lost).
+    u = _winograd_weights(weight.flip(2, 3).transpose(0, 1))
+    return _winograd_conv(gy, u, None, _flipped_pad(geom.kernel, geom.pad, geom.dilation),
+                          geom.dilation)
 
 
-def _winograd_deconv_path(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple,
-                          pad: tuple, dilation: tuple, groups: int) -> Tensor:
-    # A stride-1, one-group deconvolution is the convolution with the flipped,
-    # transposed kernel; autograd carries the weight grad back through the flip.
-    conv_weight = weight.transpose(0, 1).flip(2, 3)
-    return _WinogradConvolution.apply(x, conv_weight, bias,
-                                      _flipped_pad(weight.shape[2:], pad, dilation), dilation)
+# ---------------------------------------------------------------------------------------
+# path tables
+# ---------------------------------------------------------------------------------------
+
+class Kernels(NamedTuple):
+    """One path's three operations, in convolution terms."""
+    forward: Callable[[Tensor, Tensor, Tensor | None, Geometry], Tensor]
+    input_grad: Callable[[Tensor, Tensor, Geometry, Sequence[int]], Tensor]
+    weight_grad: Callable[[Tensor, Tensor, Geometry, Sequence[int]], Tensor]
 
 
-CONV_PATHS: dict[str, Callable[..., Tensor]] = {
-    "native": _native_conv, "gemm": _gemm_conv_path, "winograd": _winograd_conv_path}
-DECONV_PATHS: dict[str, Callable[..., Tensor]] = {
-    "native": _native_deconv, "gemm": _gemm_deconv_path, "winograd": _winograd_deconv_path}
+KERNELS: dict[str, Kernels] = {
+    "native": Kernels(_native_conv, _native_input_grad, _native_weight_grad),
+    "gemm": Kernels(_gemm_forward, _gemm_input_grad, _gemm_weight_grad),
+    "winograd": Kernels(_winograd_forward, _winograd_input_grad, _winograd_weight_grad),
+}
+
+
+def _one_path_conv(path: str) -> Callable[..., Tensor]:
+    def run(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int],
+            pad: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
+        geom = Geometry(tuple(weight.shape[2:]), tuple(stride), tuple(pad), tuple(dilation), groups)
+        if path == "native":
+            return _native_conv(x, weight, bias, geom)
+        return _Convolution.apply(_dense(x), weight, bias, geom, path, path)
+    return run
+
+
+def _one_path_deconv(path: str) -> Callable[..., Tensor]:
+    def run(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int],
+            pad: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
+        geom = Geometry(tuple(weight.shape[2:]), tuple(stride), tuple(pad), tuple(dilation), groups)
+        if path == "native":
+            return _native_deconv(x, weight, bias, geom)
+        return _Deconvolution.apply(_dense(x), weight, bias, geom, path, path)
+    return run
+
+
+# Every operation on one path, whatever tuning says (tests and benchmarks).
+CONV_PATHS: dict[str, Callable[..., Tensor]] = {p: _one_path_conv(p) for p in PATHS}
+DECONV_PATHS: dict[str, Callable[..., Tensor]] = {p: _one_path_deconv(p) for p in PATHS}

@@ -1,6 +1,11 @@
 """Where the Caffe reference comparisons run: the CPU, unless FCNWILD_TEST_DEVICE names
 another torch device (benchmarks/gpu_check.sh runs them on a lent GPU with
-``FCNWILD_TEST_DEVICE=cuda``). TF32 stays off so the CPU tolerances hold there too."""
+``FCNWILD_TEST_DEVICE=cuda``). TF32 stays off so the CPU tolerances hold there too.
+
+Convolutions take conv_ops' fixed rules (FCNWILD_CONV_TUNING=off, inherited by the
+commands tests start): no test times kernels or touches the user's plan cache, and
+every test sees the same paths on every machine. tests/test_conv_tuning.py turns the
+measurement on where it is the subject."""
 from __future__ import annotations
 
 import os
@@ -9,6 +14,7 @@ import pytest
 import torch
 
 TEST_DEVICE = os.environ.get("FCNWILD_TEST_DEVICE", "cpu")
+os.environ["FCNWILD_CONV_TUNING"] = "off"
 
 if TEST_DEVICE.startswith("cuda"):
     torch.backends.cuda.matmul.allow_tf32 = False
