@@ -110,6 +110,12 @@ class _ConvolutionBase(Layer):
         g = self.geometry
         tops = []
         for x in bottoms:
+            if self.channel_axis == 1:
+                # The bottom itself, not a view of it: the kernels look for memory the
+                # Net parked on it (layers/buffers.py).
+                tops.append(op(x, self.blobs[0], self.blob(1), g.stride, g.pad, g.dilation,
+                               self.group))
+                continue
             batch = x.shape[:self.channel_axis]
             x4 = x.reshape((count(batch),) + tuple(x.shape[self.channel_axis:]))
             y = op(x4, self.blobs[0], self.blob(1), g.stride, g.pad, g.dilation, self.group)

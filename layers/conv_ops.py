@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from fcnwild.layers import conv_tuning
+from fcnwild.layers import buffers, conv_tuning
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -299,7 +299,10 @@ def _trial_factory(op: str, geom: Geometry, x_shape: tuple, w: Tensor, x: Tensor
 # ---------------------------------------------------------------------------------------
 
 def _bias_grad(gy: Tensor, ctx: FunctionCtx) -> Tensor | None:
-    return gy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    if not (ctx.has_bias and ctx.needs_input_grad[2]):
+        return None
+    out = buffers.take(ctx.bias, (gy.shape[1],), gy)
+    return torch.sum(gy, (0, 2, 3), out=out) if out is not None else gy.sum((0, 2, 3))
 
 
 def _add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
@@ -317,7 +320,10 @@ class _Convolution(torch.autograd.Function):
         ctx.save_for_backward(x if need_w else None, weight if need_x else None)
         ctx.geom, ctx.rule, ctx.has_bias = geom, rule, bias is not None
         ctx.x_shape, ctx.w_shape, ctx.fmt = tuple(x.shape), tuple(weight.shape), _memory_format(x)
-        return KERNELS[path].forward(x, weight, bias, geom)
+        ctx.x, ctx.weight, ctx.bias = x, weight, bias    # for their parked diffs (buffers.py)
+        out = buffers.take(x, (x.shape[0], weight.shape[0]) + geom.out_size(x.shape[2:]), x,
+                           ctx.fmt, buffers.OUTPUT)
+        return KERNELS[path].forward(x, weight, bias, geom, out)
 
     @staticmethod
     @once_differentiable
@@ -328,12 +334,14 @@ class _Convolution(torch.autograd.Function):
         if weight is not None:
             path = _resolve("input_grad", ctx.rule, geom, ctx.fmt, gy=gy, w=weight,
                             x_shape=ctx.x_shape)
-            gx = KERNELS[path].input_grad(gy, weight, geom, ctx.x_shape[2:])
+            gx = KERNELS[path].input_grad(gy, weight, geom, ctx.x_shape[2:],
+                                          buffers.take(ctx.x, ctx.x_shape, gy, ctx.fmt))
         if x is not None:
             x = _dense(x)
             path = _resolve("weight_grad", ctx.rule, geom, ctx.fmt, x=x, gy=gy,
                             w=_shape_only(weight, ctx.w_shape, x))
-            gw = KERNELS[path].weight_grad(x, gy, geom, ctx.w_shape)
+            gw = KERNELS[path].weight_grad(x, gy, geom, ctx.w_shape,
+                                           buffers.take(ctx.weight, ctx.w_shape, x))
         return gx, gw, _bias_grad(gy, ctx), None, None, None
 
 
@@ -347,7 +355,11 @@ class _Deconvolution(torch.autograd.Function):
         ctx.save_for_backward(x if need_w else None, weight if need_x else None)
         ctx.geom, ctx.rule, ctx.has_bias = geom, rule, bias is not None
         ctx.w_shape, ctx.fmt = tuple(weight.shape), _memory_format(x)
-        y = KERNELS[path].input_grad(x, weight, geom, geom.in_size(x.shape[2:]))
+        ctx.weight, ctx.bias = weight, bias         # for their parked diffs (buffers.py)
+        size = geom.in_size(x.shape[2:])
+        out = buffers.take(x, (x.shape[0], weight.shape[1] * geom.groups) + size, x, ctx.fmt,
+                           buffers.OUTPUT)
+        y = KERNELS[path].input_grad(x, weight, geom, size, out)
         return _add_bias(y, bias)
 
     @staticmethod
@@ -364,7 +376,8 @@ class _Deconvolution(torch.autograd.Function):
             x = _dense(x)
             path = _resolve("weight_grad", ctx.rule, geom, ctx.fmt, x=gy, gy=x,
                             w=_shape_only(weight, ctx.w_shape, x))
-            gw = KERNELS[path].weight_grad(gy, x, geom, ctx.w_shape)
+            gw = KERNELS[path].weight_grad(gy, x, geom, ctx.w_shape,
+                                           buffers.take(ctx.weight, ctx.w_shape, x))
         return gx, gw, _bias_grad(gy, ctx), None, None, None
 
 
@@ -394,10 +407,42 @@ def _empty_like_format(shape: Sequence[int], like: Tensor, fmt: torch.memory_for
 
 
 # ---------------------------------------------------------------------------------------
+# work buffers
+# ---------------------------------------------------------------------------------------
+
+class _Workspace:
+    """Scratch buffers the gemm and winograd kernels reuse from call to call.
+
+    A train step runs every kernel on the same shapes each iteration. Allocating the
+    band buffers, transformed kernels and column matrices afresh each time churns the
+    heap; with freed memory kept in the process (tools/allocator.py) the churn
+    fragments it, and the process grows step after step. Buffers are named by role:
+    two buffers in use at the same time never share memory.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, Tensor] = {}
+
+    def take(self, role: str, numel: int, like: Tensor) -> Tensor:
+        """A flat buffer of ``numel`` elements of ``like``'s dtype and device (its
+        contents are whatever the role's last user left)."""
+        key = (role, like.dtype, like.device)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < numel:
+            self._buffers.pop(key, None)            # free the old one before growing
+            buffer = self._buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buffer[:numel]
+
+
+_workspace = _Workspace()
+
+
+# ---------------------------------------------------------------------------------------
 # native: torch's kernels
 # ---------------------------------------------------------------------------------------
 
-def _native_conv(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometry) -> Tensor:
+def _native_conv(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometry,
+                 out: Tensor | None = None) -> Tensor:
     return _CONV[len(geom.stride)](x, weight, bias, geom.stride, geom.pad, geom.dilation,
                                    geom.groups)
 
@@ -407,14 +452,16 @@ def _native_deconv(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometr
                                      geom.dilation)
 
 
-def _native_input_grad(gy: Tensor, weight: Tensor, geom: Geometry, size: Sequence[int]) -> Tensor:
+def _native_input_grad(gy: Tensor, weight: Tensor, geom: Geometry, size: Sequence[int],
+                       out: Tensor | None = None) -> Tensor:
     # The transposed convolution, with the rows and columns the forward's floor dropped.
     extra = tuple(n - m for n, m in zip(size, geom.in_size(gy.shape[2:])))
     return _CONV_T[len(geom.stride)](gy, weight, None, geom.stride, geom.pad, extra,
                                      geom.groups, geom.dilation)
 
 
-def _native_weight_grad(x: Tensor, gy: Tensor, geom: Geometry, w_shape: Sequence[int]) -> Tensor:
+def _native_weight_grad(x: Tensor, gy: Tensor, geom: Geometry, w_shape: Sequence[int],
+                        out: Tensor | None = None) -> Tensor:
     nd = len(geom.stride)
     return torch.ops.aten.convolution_backward(
         gy, x, gy.new_empty(1).expand(w_shape), None, geom.stride, geom.pad, geom.dilation,
@@ -426,12 +473,29 @@ def _native_weight_grad(x: Tensor, gy: Tensor, geom: Geometry, w_shape: Sequence
 # ---------------------------------------------------------------------------------------
 
 def _cols(image: Tensor, geom: Geometry) -> Tensor:
-    """(C, H, W) image -> (groups, C/g * kh * kw, H_out * W_out) column matrices."""
+    """(C, H, W) image -> (groups, C/g * kh * kw, H_out * W_out) column matrices (im2col;
+    the workspace's, valid until the next call)."""
+    c = image.shape[0]
     if geom.identity_cols:
-        col = image.reshape(image.shape[0], -1)
-    else:
-        col = F.unfold(image.unsqueeze(0), geom.kernel, geom.dilation, geom.pad, geom.stride)[0]
-    return col.view(geom.groups, col.shape[0] // geom.groups, col.shape[1])
+        col = image.reshape(c, -1)
+        return col.view(geom.groups, c // geom.groups, col.shape[1])
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geom.kernel, geom.stride, geom.pad, geom.dilation
+    out_h, out_w = geom.out_size(image.shape[1:])
+    if ph or pw:
+        padded = _workspace.take("gemm.padded", c * (image.shape[1] + 2 * ph) *
+                                 (image.shape[2] + 2 * pw), image)
+        padded = padded.view(c, image.shape[1] + 2 * ph, image.shape[2] + 2 * pw)
+        padded.zero_()
+        padded[:, ph:ph + image.shape[1], pw:pw + image.shape[2]].copy_(image)
+        image = padded
+    s_c, s_h, s_w = image.stride()
+    # Column (c, i, j), row (y, x) reads image[c, y * sh + i * dh, x * sw + j * dw]:
+    # one strided copy, which torch runs vectorised and in parallel.
+    windows = image.as_strided((c, kh, kw, out_h, out_w),
+                               (s_c, dh * s_h, dw * s_w, sh * s_h, sw * s_w))
+    col = _workspace.take("gemm.cols", c * kh * kw * out_h * out_w, image)
+    col.view(windows.shape).copy_(windows)
+    return col.view(geom.groups, c // geom.groups * kh * kw, out_h * out_w)
 
 
 def _image(col: Tensor, geom: Geometry, size: Sequence[int]) -> Tensor:
@@ -454,11 +518,13 @@ def _parallel_chunks(channels: int) -> int:
         if threads > 1 else 1
 
 
-def _gemm_forward(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometry) -> Tensor:
-    """Convolution: y_n = W @ im2col(x_n), per group."""
+def _gemm_forward(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometry,
+                  out: Tensor | None = None) -> Tensor:
+    """Convolution: y_n = W @ im2col(x_n), per group (written into ``out`` if given)."""
     g, c_out = geom.groups, weight.shape[0]
     fmt = _memory_format(x)
-    y = _empty_like_format((x.shape[0], c_out) + geom.out_size(x.shape[2:]), x, fmt)
+    y = out if out is not None else \
+        _empty_like_format((x.shape[0], c_out) + geom.out_size(x.shape[2:]), x, fmt)
     w = weight.reshape(g, c_out // g, -1)
     for n in range(x.shape[0]):
         cols = _cols(x[n], geom)
@@ -470,20 +536,27 @@ def _gemm_forward(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometry
     return _add_bias(y, bias)
 
 
-def _gemm_input_grad(gy: Tensor, weight: Tensor, geom: Geometry, size: Sequence[int]) -> Tensor:
+def _gemm_input_grad(gy: Tensor, weight: Tensor, geom: Geometry, size: Sequence[int],
+                     out: Tensor | None = None) -> Tensor:
     """The adjoint of ``_gemm_forward`` (its input grad, a Deconvolution's forward):
-    x_n = col2im(W^T @ y_n), per group; ``size`` is x's spatial size."""
+    x_n = col2im(W^T @ y_n), per group; ``size`` is x's spatial size (written into
+    ``out`` if given)."""
     g, c_out = geom.groups, weight.shape[0]
     w = weight.reshape(g, c_out // g, -1)
     fmt = _memory_format(gy)
-    x = _empty_like_format((gy.shape[0], weight.shape[1] * g) + tuple(size), gy, fmt)
+    x = out if out is not None else \
+        _empty_like_format((gy.shape[0], weight.shape[1] * g) + tuple(size), gy, fmt)
     for n in range(gy.shape[0]):
         dy = gy[n].reshape(g, c_out // g, -1)
         if geom.identity_cols and fmt == torch.channels_last:
             _matmul_into_hwc(dy.transpose(1, 2), w, x[n])
+        elif geom.identity_cols:
+            torch.bmm(w.transpose(1, 2), dy, out=x[n].view(g, w.shape[2], dy.shape[2]))
         else:
-            col = torch.bmm(w.transpose(1, 2), dy)
-            x[n] = _image(col.view(-1, col.shape[2]), geom, size)
+            rows = w.shape[2]
+            col = _workspace.take("gemm.cols", g * rows * dy.shape[2], dy)
+            torch.bmm(w.transpose(1, 2), dy, out=col.view(g, rows, dy.shape[2]))
+            x[n] = _image(col.view(g * rows, dy.shape[2]), geom, size)
     return x
 
 
@@ -497,10 +570,11 @@ def _matmul_into_hwc(a: Tensor, b: Tensor, image: Tensor) -> None:
         hwc.copy_(torch.bmm(a, b).transpose(0, 1))
 
 
-def _gemm_weight_grad(x: Tensor, gy: Tensor, geom: Geometry, w_shape: Sequence[int]) -> Tensor:
-    """dW = sum_n dy_n @ im2col(x_n)^T, per group."""
+def _gemm_weight_grad(x: Tensor, gy: Tensor, geom: Geometry, w_shape: Sequence[int],
+                      out: Tensor | None = None) -> Tensor:
+    """dW = sum_n dy_n @ im2col(x_n)^T, per group (written into ``out`` if given)."""
     g, c_out = geom.groups, w_shape[0]
-    gw = gy.new_empty(w_shape)
+    gw = out if out is not None else gy.new_empty(w_shape)
     gw_g = gw.view(g, c_out // g, -1)
     for n in range(x.shape[0]):
         dy, cols = gy[n].reshape(g, c_out // g, -1), _cols(x[n], geom).transpose(1, 2)
@@ -554,11 +628,20 @@ def _winograd_matrices(dtype: torch.dtype, device: torch.device) -> tuple[Tensor
     return _wino_cache[key]
 
 
-def _winograd_weights(weight: Tensor) -> Tensor:
-    """(C_out, C_in, 3, 3) kernels -> (36, C_in, C_out) transformed kernels."""
+def _winograd_weights(weight: Tensor, adjoint: bool = False) -> Tensor:
+    """(C_out, C_in, 3, 3) kernels -> (36, C_in, C_out) transformed kernels, or with
+    ``adjoint`` the (36, C_out, C_in) transformed kernels of the input gradient's
+    convolution (kernels flipped, channels swapped). Flipping a 3x3 kernel reverses
+    its 9 values, so kron(G, G) with reversed columns transforms the flipped kernels
+    without copying them. The result is the workspace's, valid until the next call."""
     c_out, c_in = weight.shape[:2]
     _, _, gk = _winograd_matrices(weight.dtype, weight.device)
-    return (gk @ weight.reshape(c_out * c_in, 9).t()).view(36, c_out, c_in).transpose(1, 2)
+    if adjoint:
+        gk = gk.flip(1)
+    u = _workspace.take("winograd.u", 36 * c_out * c_in, weight).view(36, c_out * c_in)
+    torch.mm(gk, weight.reshape(c_out * c_in, 9).t(), out=u)
+    u = u.view(36, c_out, c_in)
+    return u if adjoint else u.transpose(1, 2)
 
 
 class _Tiling:
@@ -593,7 +676,7 @@ class _TileReader:
     """Gathers (size^2, tiles, C) tiles of a band of the zero-padded image x
     (size 6: the overlapping input tiles; size 4: the output-grad tiles)."""
 
-    def __init__(self, tiling: _Tiling, x: Tensor, size: int, pad: tuple):
+    def __init__(self, tiling: _Tiling, x: Tensor, size: int, pad: tuple, role: str):
         self.t, self.x, self.size, self.pad = tiling, x, size, pad
         dh, dw = tiling.dilation
         self.rows = ((tiling.band - 1) * _TILE_OUT + size) * dh
@@ -601,11 +684,12 @@ class _TileReader:
         c = x.shape[1]
         # Zeros once: the padding columns are never written; padding rows are
         # cleared per band because an earlier band may have filled them.
-        self.image = x.new_zeros(x.shape[0], self.rows, cols, c)
+        shape = (x.shape[0], self.rows, cols, c)
+        self.image = _workspace.take(role + ".image", math.prod(shape), x).view(shape).zero_()
         w = x.shape[3]
         self.c0, self.src_c0 = max(pad[1], 0), max(-pad[1], 0)
         self.ncols = min(w - self.src_c0, cols - self.c0)
-        self.flat = x.new_empty(size * size * tiling.max_tiles * c)
+        self.flat = _workspace.take(role + ".tiles", size * size * tiling.max_tiles * c, x)
 
     def read(self, t0: int, b: int) -> Tensor:
         dh, dw = self.t.dilation
@@ -639,7 +723,7 @@ class _TileWriter:
         dh, dw = tiling.dilation
         self.rows = tiling.band * _TILE_OUT * dh
         self.cols = tiling.tiles_w * _TILE_OUT * dw
-        self.flat = y.new_empty(y.shape[0] * self.rows * self.cols * y.shape[1])
+        self.flat = _workspace.take("winograd.out", y.shape[0] * self.rows * self.cols * y.shape[1], y)
 
     def write(self, yt: Tensor, t0: int, b: int) -> None:
         dh, dw = self.t.dilation
@@ -653,16 +737,19 @@ class _TileWriter:
         self.y[:, :, r0:r0 + valid].copy_(image[:, :valid, :self.t.out_w].permute(0, 3, 1, 2))
 
 
-def _winograd_conv(x: Tensor, u: Tensor, bias: Tensor | None, pad: tuple, dilation: tuple) -> Tensor:
-    """Stride-1 3x3 convolution of x (N, C, H, W) with transformed kernels u (36, C, C_out)."""
+def _winograd_conv(x: Tensor, u: Tensor, bias: Tensor | None, pad: tuple, dilation: tuple,
+                   out: Tensor | None = None) -> Tensor:
+    """Stride-1 3x3 convolution of x (N, C, H, W) with transformed kernels u (36, C, C_out)
+    (written into ``out`` if given)."""
     bt, at, _ = _winograd_matrices(x.dtype, x.device)
     c_in, c_out = u.shape[1:]
     tiling = _Tiling(x.shape, max(c_in, c_out), pad, dilation)
-    y = _empty_like_format((x.shape[0], c_out, tiling.out_h, tiling.out_w), x, _memory_format(x))
-    reader, writer = _TileReader(tiling, x, _TILE_IN, pad), _TileWriter(tiling, y)
-    v_flat = x.new_empty(36 * tiling.max_tiles * c_in)
-    m_flat = x.new_empty(36 * tiling.max_tiles * c_out)
-    y_flat = x.new_empty(16 * tiling.max_tiles * c_out)
+    y = out if out is not None else _empty_like_format(
+        (x.shape[0], c_out, tiling.out_h, tiling.out_w), x, _memory_format(x))
+    reader, writer = _TileReader(tiling, x, _TILE_IN, pad, "winograd.x"), _TileWriter(tiling, y)
+    v_flat = _workspace.take("winograd.v", 36 * tiling.max_tiles * c_in, x)
+    m_flat = _workspace.take("winograd.m", 36 * tiling.max_tiles * c_out, x)
+    y_flat = _workspace.take("winograd.y", 16 * tiling.max_tiles * c_out, x)
     for t0, b in tiling.bands():
         tiles = reader.read(t0, b)                                        # (36, T, C)
         n_t = tiles.shape[1]
@@ -675,34 +762,41 @@ def _winograd_conv(x: Tensor, u: Tensor, bias: Tensor | None, pad: tuple, dilati
     return y
 
 
-def _winograd_weight_grad(x: Tensor, gy: Tensor, geom: Geometry, w_shape: Sequence[int]) -> Tensor:
+def _winograd_weight_grad(x: Tensor, gy: Tensor, geom: Geometry, w_shape: Sequence[int],
+                          out: Tensor | None = None) -> Tensor:
     """dW (C_out, C, 3, 3) of a stride-1 3x3 convolution: dU_p = sum over tiles of
-    (A dY A^T)_p^T (B^T d B)_p, then dW = G^T dU G."""
+    (A dY A^T)_p^T (B^T d B)_p, then dW = G^T dU G (written into ``out`` if given)."""
     bt, at, gk = _winograd_matrices(x.dtype, x.device)
     c_in, c_out = x.shape[1], gy.shape[1]
     pad, dilation = geom.pad, geom.dilation
     tiling = _Tiling(x.shape, max(c_in, c_out), pad, dilation)
-    x_reader = _TileReader(tiling, x, _TILE_IN, pad)
-    gy_reader = _TileReader(tiling, gy, _TILE_OUT, (0, 0))
-    du = x.new_zeros(36, c_out, c_in)
+    x_reader = _TileReader(tiling, x, _TILE_IN, pad, "winograd.x")
+    gy_reader = _TileReader(tiling, gy, _TILE_OUT, (0, 0), "winograd.gy")
+    v_flat = _workspace.take("winograd.v", 36 * tiling.max_tiles * c_in, x)
+    m_flat = _workspace.take("winograd.m", 36 * tiling.max_tiles * c_out, x)
+    du = _workspace.take("winograd.du", 36 * c_out * c_in, x).view(36, c_out, c_in).zero_()
     for t0, b in tiling.bands():
         xt, gt = x_reader.read(t0, b), gy_reader.read(t0, b)
         n_t = xt.shape[1]
-        v = (bt @ xt.view(36, -1)).view(36, n_t, c_in)
-        dm = (at.t() @ gt.view(16, -1)).view(36, n_t, c_out)
-        du.baddbmm_(dm.transpose(1, 2), v)
-    return (du.view(36, -1).t() @ gk).view(c_out, c_in, 3, 3)
+        v = torch.mm(bt, xt.view(36, -1), out=v_flat[:36 * n_t * c_in].view(36, -1))
+        dm = torch.mm(at.t(), gt.view(16, -1), out=m_flat[:36 * n_t * c_out].view(36, -1))
+        du.baddbmm_(dm.view(36, n_t, c_out).transpose(1, 2), v.view(36, n_t, c_in))
+    gw = out if out is not None else x.new_empty(c_out, c_in, 3, 3)
+    torch.mm(du.view(36, -1).t(), gk, out=gw.view(c_out * c_in, 9))
+    return gw
 
 
-def _winograd_forward(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometry) -> Tensor:
-    return _winograd_conv(x, _winograd_weights(weight), bias, geom.pad, geom.dilation)
+def _winograd_forward(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometry,
+                      out: Tensor | None = None) -> Tensor:
+    return _winograd_conv(x, _winograd_weights(weight), bias, geom.pad, geom.dilation, out)
 
 
-def _winograd_input_grad(gy: Tensor, weight: Tensor, geom: Geometry, size: Sequence[int]) -> Tensor:
+def _winograd_input_grad(gy: Tensor, weight: Tensor, geom: Geometry, size: Sequence[int],
+                         out: Tensor | None = None) -> Tensor:
     # The convolution of dY with the flipped, transposed kernel (stride 1: no size lost).
-    u = _winograd_weights(weight.flip(2, 3).transpose(0, 1))
+    u = _winograd_weights(weight, adjoint=True)
     return _winograd_conv(gy, u, None, _flipped_pad(geom.kernel, geom.pad, geom.dilation),
-                          geom.dilation)
+                          geom.dilation, out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -711,9 +805,9 @@ def _winograd_input_grad(gy: Tensor, weight: Tensor, geom: Geometry, size: Seque
 
 class Kernels(NamedTuple):
     """One path's three operations, in convolution terms."""
-    forward: Callable[[Tensor, Tensor, Tensor | None, Geometry], Tensor]
-    input_grad: Callable[[Tensor, Tensor, Geometry, Sequence[int]], Tensor]
-    weight_grad: Callable[[Tensor, Tensor, Geometry, Sequence[int]], Tensor]
+    forward: Callable[..., Tensor]         # (x, w, bias, geom[, out])
+    input_grad: Callable[..., Tensor]      # (gy, w, geom, x_size[, out])
+    weight_grad: Callable[..., Tensor]     # (x, gy, geom, w_shape[, out])
 
 
 KERNELS: dict[str, Kernels] = {

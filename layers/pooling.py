@@ -24,8 +24,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from fcnwild.base import caffe_pb2
+from fcnwild.layers import buffers
 from fcnwild.layers.axes import shape_str
 from fcnwild.layers.base import TRAIN, Layer, Shape
 from fcnwild.layers.registry import register
@@ -120,6 +122,8 @@ class Pooling(Layer):
         widths = self._padding(x.shape, kernel, out, self.pad)
         padded = F.pad(x, widths, value=-math.inf) if any(widths) else x
         if len(self.param.top) == 1:
+            if padded.device.type == "cpu":
+                return (_MaxPool.apply(padded, kernel, self.stride)[..., :out[0], :out[1]],)
             return (F.max_pool2d(padded, kernel, self.stride)[..., :out[0], :out[1]],)
         y, index = F.max_pool2d(padded, kernel, self.stride, return_indices=True)
         y, index = y[..., :out[0], :out[1]], index[..., :out[0], :out[1]]
@@ -158,6 +162,44 @@ class Pooling(Layer):
         chosen = (cumsum < threshold[..., None]).sum(-1, keepdim=True)
         chosen = chosen.clamp(max=windows.shape[-1] - 1)
         return windows.gather(-1, chosen).squeeze(-1)
+
+
+class _MaxPool(torch.autograd.Function):
+    """torch's max pooling (among equal maxima the first wins, as in Caffe), writing its
+    output and input diff into the memory the Net parked for them (layers/buffers.py)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, kernel: tuple[int, int],
+                stride: tuple[int, int]) -> Tensor:
+        shape = tuple(x.shape[:2]) + tuple((size - k) // s + 1 for size, k, s in
+                                           zip(x.shape[2:], kernel, stride))
+        fmt = _memory_format(x)
+        y = buffers.take(x, shape, x, fmt, buffers.OUTPUT)
+        if y is None:
+            y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+        index = torch.empty(shape, dtype=torch.long, device=x.device, memory_format=fmt)
+        torch.ops.aten.max_pool2d_with_indices.out(x, kernel, stride, (0, 0), (1, 1), False,
+                                                   out=y, indices=index)
+        ctx.save_for_backward(x, index)
+        ctx.kernel, ctx.stride, ctx.x, ctx.fmt = kernel, stride, x, fmt
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, gy: Tensor):
+        x, index = ctx.saved_tensors
+        gx = buffers.take(ctx.x, x.shape, x, ctx.fmt)
+        if gx is None:
+            gx = torch.empty_like(x)
+        torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+            gy, x, ctx.kernel, ctx.stride, (0, 0), (1, 1), False, index, grad_input=gx)
+        return gx, None, None
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _pair(layer: Layer, p, name: str, default: int) -> tuple[int, int]:

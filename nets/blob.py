@@ -68,6 +68,16 @@ class Blob:
     def diff(self, value: np.ndarray | Tensor) -> None:
         self.grad.copy_(torch.as_tensor(value).reshape(self._shape))
 
+    def release_data(self) -> Tensor | None:
+        """Let go of the data tensor (a layer is about to replace it); returns it."""
+        data, self._data = self._data, None
+        return data
+
+    def release_diff(self) -> Tensor | None:
+        """Let go of the diff tensor (a backward pass is about to replace it); returns it."""
+        diff, self._diff = self._diff, None
+        return diff
+
     # --- shape -----------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, ...]:

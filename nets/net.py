@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from fcnwild.base import caffe_pb2
 from fcnwild.base.errors import NetError, WeightsError
+from fcnwild.layers import buffers
 from fcnwild.layers.base import Layer, LayerContext
 from fcnwild.layers.registry import layer_class
 from fcnwild.nets.blob import Blob, ParamBlob
@@ -353,11 +354,26 @@ class Net(nn.Module):
             if record and self.bottom_need_backward[i][j]:
                 tensor.requires_grad_()
             bottoms.append(tensor)
+        # The tops' previous data (and the last pass's graph) are about to be replaced:
+        # let them go first. In a training pass, top j's old data is offered to the
+        # kernel computing the new top j from bottom j (layers/buffers.py), as Caffe
+        # overwrites its blobs; otherwise the new tops can take the freed memory.
+        self._layer_io[i] = None
+        offered = []
+        for j, name in enumerate(self.top_names[i]):
+            if name not in self.bottom_names[i]:
+                old = self.blobs[name].release_data()
+                if record and j < len(bottoms):
+                    buffers.park(bottoms[j], old, buffers.OUTPUT)
+                    offered.append(bottoms[j])
+                del old
         if record:
             tops = layer(*bottoms)
         else:
             with torch.no_grad():
                 tops = layer(*bottoms)
+        for bottom in offered:
+            buffers.discard(bottom, buffers.OUTPUT)
         if len(tops) != len(self.top_names[i]):
             raise NetError(f"forward returned {len(tops)} tops, expected "
                            f"{len(self.top_names[i])}", layer=layer.name, file=self.source)
@@ -425,8 +441,16 @@ class Net(nn.Module):
         wanted = [b for j, b in enumerate(bottoms) if self.bottom_need_backward[i][j]]
         wanted += [p for k, p in enumerate(layer.blobs)
                    if self.param_propagate_down[i][k] and p.requires_grad]
+        # The bottom diffs this pass replaces are offered as memory for their
+        # replacements (layers/buffers.py), as Caffe overwrites its diffs.
+        for j, name in enumerate(self.bottom_names[i]):
+            if (self.bottom_need_backward[i][j] and name not in self.loss_weights
+                    and name not in self.top_names[i]):
+                buffers.park(bottoms[j], self.blobs[name].release_diff())
         if outputs and wanted:
             torch.autograd.backward(outputs, grads, inputs=wanted)
+        for tensor in (*bottoms, *layer.blobs):
+            buffers.discard(tensor)
         for j, name in enumerate(self.bottom_names[i]):
             if self.bottom_need_backward[i][j]:
                 grad = bottoms[j].grad
@@ -460,7 +484,12 @@ class Net(nn.Module):
         return list(self._built_loss)
 
     def clear_param_diffs(self) -> None:
+        """Zero every param diff (Caffe's ClearParamDiffs). The old diff tensors stay
+        parked on their params for the kernels computing the next ones to write into
+        (layers/buffers.py); what no kernel takes goes after the param's layer has run
+        backward."""
         for entry in self.learnable_params:
+            buffers.park(entry.tensor, entry.tensor.grad)
             entry.tensor.grad = None
 
     # ------------------------------------------------------------------ shapes
