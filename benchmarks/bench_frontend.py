@@ -115,15 +115,15 @@ class Frontend(nn.Module):
         m = self.convs[layer.name]
         if self.fast:
             d, p = (layer.dilation,) * 2, (layer.pad,) * 2
-            self.paths[layer.name] = conv_ops.choose_path(x, m.weight, (1, 1), p, d, 1)
+            self.paths[layer.name] = "/".join(conv_ops.choose_plan(x, m.weight, (1, 1), p, d, 1))
             return conv_ops.convolution(x, m.weight, m.bias, (1, 1), p, d, 1)
         return m(x)
 
     def run_upsample(self, x: Tensor) -> Tensor:
         m = self.upsample
         if self.fast:
-            self.paths["upsample"] = conv_ops.choose_path(x, m.weight, m.stride, m.padding, m.dilation,
-                                                          m.groups, transposed=True)
+            self.paths["upsample"] = "/".join(conv_ops.choose_plan(
+                x, m.weight, m.stride, m.padding, m.dilation, m.groups, transposed=True))
             return conv_ops.deconvolution(x, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
         return m(x)
 
@@ -315,12 +315,12 @@ def report(args: argparse.Namespace, fast: dict, plain: dict | None) -> None:
         gf = per_layer.get(name)
         path = fast["paths"].get(name, "")
         if gf is None:
-            print(f"  {name:10s} {path:10s} {'':18s} {fwd_ms:8.1f} {bwd_ms:8.1f}")
+            print(f"  {name:10s} {path:26s} {fwd_ms:8.1f} {bwd_ms:8.1f}")
             continue
         step = flops.train_step_flops(gf, input_grad=name != layers[0].name,
                                       weight_grad=name != "upsample")
         rate = step / ((fwd_ms + bwd_ms) / 1e3) / 1e9
-        print(f"  {name:10s} {path:10s} {'':18s} {fwd_ms:8.1f} {bwd_ms:8.1f} {gf / 1e9:9.2f} {rate:9.1f}")
+        print(f"  {name:10s} {path:26s} {fwd_ms:8.1f} {bwd_ms:8.1f} {gf / 1e9:9.2f} {rate:9.1f}")
 
 
 def steps_text(result: dict) -> str:

@@ -40,6 +40,9 @@ class Layer(nn.Module):
     type_name: ClassVar[str] = ""
     # Caffe's LossLayer: top 0 gets loss_weight 1 unless the prototxt says otherwise.
     is_loss: ClassVar[bool] = False
+    # Computes in float32 even in a net running under bfloat16 autocast (losses always;
+    # normalisations and metrics whose results reduced precision would distort).
+    full_precision: ClassVar[bool] = False
     # (min, max) counts; max None = unbounded.
     num_bottoms: ClassVar[tuple[int, int | None]] = (1, 1)
     num_tops: ClassVar[tuple[int, int | None]] = (1, 1)

@@ -176,9 +176,10 @@ def deconvolution(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequen
 
 
 def _tunable(x: Tensor, weight: Tensor) -> bool:
-    """Whether paths other than native exist: 2-D on the CPU in float32/float64."""
+    """Whether paths other than native exist: 2-D on the CPU in float32/float64, outside
+    autocast (whose casts only torch's own convolutions take part in)."""
     return (x.device.type == "cpu" and x.dtype in _FAST_DTYPES and weight.dtype == x.dtype
-            and x.dim() == 4 and weight.dim() == 4)
+            and x.dim() == 4 and weight.dim() == 4 and not torch.is_autocast_enabled("cpu"))
 
 
 def _conv_rule(x_shape: tuple, element_size: int, c_out: int, kernel: tuple,
@@ -222,9 +223,13 @@ def _flipped_pad(kernel: Sequence[int], pad: Sequence[int], dilation: Sequence[i
 # measured choice of each operation's path
 # ---------------------------------------------------------------------------------------
 
-def _candidates(geom: Geometry, x_shape: Sequence[int], element_size: int) -> list[str]:
-    """The paths that can run a 2-D CPU convolution of these shapes."""
-    paths = ["native"]
+def _candidates(op: str, geom: Geometry, x_shape: Sequence[int], element_size: int) -> list[str]:
+    """The paths worth measuring for one operation of a 2-D CPU convolution."""
+    # torch's CPU weight gradient of a dilated kernel larger than 3x3 drops to a
+    # reference loop once the problem is large (fc6: minutes instead of a fraction of
+    # a second), and at a size a probe can afford it does not: it is never measured.
+    dilated_large = any(d > 1 for d in geom.dilation) and math.prod(geom.kernel) > 9
+    paths = [] if op == "weight_grad" and dilated_large else ["native"]
     cols = element_size * x_shape[1] * math.prod(geom.kernel) * math.prod(geom.out_size(x_shape[2:]))
     if geom.identity_cols or cols <= _GEMM_MAX_COL_BYTES:
         paths.append("gemm")
@@ -254,7 +259,7 @@ def _resolve(op: str, rule: str, geom: Geometry, fmt: torch.memory_format, *, w:
     sample = x if x is not None else gy
     if conv_tuning.mode() == "off":
         return rule
-    candidates = _candidates(geom, x_shape, sample.element_size())
+    candidates = _candidates(op, geom, x_shape, sample.element_size())
     key = _plan_key(op, x_shape, w.shape, geom, sample.dtype, fmt)
     full = _trial_factory(op, geom, x_shape, w, x, gy)
     probe_shapes = _probe_shapes(x_shape, tuple(w.shape), geom.groups)
@@ -272,9 +277,10 @@ def _resolve(op: str, rule: str, geom: Geometry, fmt: torch.memory_format, *, w:
 
 
 def _probe_shapes(x_shape: tuple, w_shape: tuple, groups: int) -> tuple[tuple, tuple] | None:
-    """x and weight shapes with at most PROBE_CHANNELS channels per group on either side."""
-    c_in_g = min(x_shape[1] // groups, conv_tuning.PROBE_CHANNELS)
-    c_out_g = min(w_shape[0] // groups, conv_tuning.PROBE_CHANNELS)
+    """x and weight shapes with PROBE_DIVISOR times fewer channels per group on either
+    side (at least one); None when that changes nothing."""
+    c_in_g = max(1, x_shape[1] // groups // conv_tuning.PROBE_DIVISOR)
+    c_out_g = max(1, w_shape[0] // groups // conv_tuning.PROBE_DIVISOR)
     if c_in_g * groups == x_shape[1] and c_out_g * groups == w_shape[0]:
         return None
     return ((x_shape[0], c_in_g * groups) + x_shape[2:],

@@ -22,11 +22,12 @@ process that finds the machine less than half as busy.
 
 How a choice is measured:
 
-* every candidate first runs on a probe, a copy of the problem with at most
-  ``PROBE_CHANNELS`` channels per group on either side, made by conv_ops; candidates
+* every candidate first runs on a probe, a copy of the problem with ``PROBE_DIVISOR``
+  times fewer channels on either side (1/64 of the work), made by conv_ops; candidates
   slower than ``PROBE_MARGIN`` times the fastest probe are dropped, so that a kernel
-  whose cost is out of all proportion (torch's CPU weight gradient of a dilated 7x7
-  convolution, for one) is never run at full size;
+  whose cost is out of proportion is not run at full size (a kernel that is only slow
+  beyond some size escapes the probe: conv_ops leaves the one it knows out of the
+  candidates);
 * the remaining candidates run at full size once to warm up, then ``ROUNDS`` times,
   interleaved round by round so that a burst of load from other processes falls on all
   of them alike; the shortest time of each decides.
@@ -52,7 +53,7 @@ from fcnwild.base.cache import cache_root
 ENV = "FCNWILD_CONV_TUNING"
 MODES = ("auto", "off", "recalibrate")
 FORMAT = 1
-PROBE_CHANNELS = 16
+PROBE_DIVISOR = 8
 PROBE_MARGIN = 4.0
 ROUNDS = 2
 BUSY = 1.5          # load average per CPU above which a measurement is taken again later

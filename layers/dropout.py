@@ -42,7 +42,9 @@ class Dropout(Layer):
         # Drawn in NCHW order whatever x's memory format, so that a channels-last net
         # drops the same elements. u < 1 - ratio is a Bernoulli(1 - ratio) draw; filling
         # uniforms is several times faster than torch's bernoulli_ on the CPU.
-        keep = torch.empty_like(x, memory_format=torch.contiguous_format).uniform_()
+        # A bfloat16 uniform would round the keep probability: draw in float32 then.
+        dtype = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+        keep = torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format).uniform_()
         return keep.lt_(1.0 - self.ratio).mul_(self.scale)
 
     def forward(self, x: Tensor) -> tuple[Tensor]:

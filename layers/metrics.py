@@ -19,6 +19,7 @@ class Accuracy(Layer):
     (ties count against it, as in Caffe). Labels equal to ``ignore_label`` are
     skipped. A second top gives the per-class accuracy (0 for absent classes).
     """
+    full_precision = True
     num_bottoms = (2, 2)
     num_tops = (1, 2)
     no_grad_bottoms = (0, 1)

@@ -96,7 +96,13 @@ class Concat(Layer):
 
     def forward(self, *bottoms: Tensor) -> tuple[Tensor]:
         axis = self._axis([b.shape for b in bottoms])
-        return (torch.cat(bottoms, dim=axis),)
+        top = torch.cat(bottoms, dim=axis)
+        # torch.cat takes its layout from the first bottom's strides, which are ambiguous
+        # for a batch of one: channels-last bottoms give a channels-last top.
+        if top.dim() == 4 and all(b.is_contiguous(memory_format=torch.channels_last)
+                                  and b.shape[1] > 1 for b in bottoms):
+            top = top.contiguous(memory_format=torch.channels_last)
+        return (top,)
 
 
 @register("Slice")

@@ -12,6 +12,7 @@ from fcnwild.layers.registry import register
 
 @register("Softmax")
 class Softmax(Layer):
+    full_precision = True
 
     def reshape(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         canonical_axis(self.param.softmax_param.axis, len(bottom_shapes[0]), self.error)

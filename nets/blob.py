@@ -14,6 +14,8 @@ from torch import Tensor
 
 def _numpy_view(tensor: Tensor) -> np.ndarray:
     tensor = tensor.detach()
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()      # numpy has no bfloat16: a float32 copy (bf16 nets)
     return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
 
 

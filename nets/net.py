@@ -17,6 +17,7 @@ their backward to the diff in place.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from fcnwild.layers import buffers
 from fcnwild.layers.base import Layer, LayerContext
 from fcnwild.layers.registry import layer_class
 from fcnwild.nets.blob import Blob, ParamBlob
+from fcnwild.nets import precision
 from fcnwild.nets.netstate import filter_net, make_state
 from fcnwild.nets.prototxt import read_net_param
 from fcnwild.nets.splits import insert_splits
@@ -41,6 +43,7 @@ from fcnwild.nets.upgrade import upgrade_net
 PathLike = str | os.PathLike
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 _PHASES = {"train": TRAIN, "test": TEST}
+_REDUCED = (torch.bfloat16, torch.float16)
 
 
 def parse_phase(phase: int | str) -> int:
@@ -107,6 +110,8 @@ class Net(nn.Module):
         self._share_params()
         self._layer_io: list[tuple[list[Tensor], tuple[Tensor, ...]] | None] = \
             [None] * len(self.layers)
+        self._precision = "fp32"
+        self._memory_format = torch.contiguous_format
         if weights is not None:
             self.copy_from(weights)
 
@@ -288,6 +293,51 @@ class Net(nn.Module):
                                f"here, {getattr(owner, field)} in layer '{owner.layer}'",
                                **where)
 
+    # ------------------------------------------------------------------ precision
+    @property
+    def precision(self) -> str:
+        """What the forward computes in: ``fp32`` (Caffe's), ``tf32`` or ``bf16``
+        (nets/precision.py); backward follows the forward's dtypes."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = precision.check(value)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout of the 4-D blobs: ``torch.contiguous_format`` (NCHW, Caffe's) or
+        ``torch.channels_last``. Data entering the net (inputs, data layers' tops) is
+        laid out so; every layer keeps its input's layout. Weights stay as they are."""
+        return self._memory_format
+
+    @memory_format.setter
+    def memory_format(self, value: torch.memory_format) -> None:
+        if value not in (torch.contiguous_format, torch.channels_last):
+            raise NetError(f"memory format {value} is not supported; use "
+                           "torch.contiguous_format or torch.channels_last", file=self.source)
+        self._memory_format = value
+        for name in self.inputs:
+            blob = self.blobs[name]
+            if blob._data is not None:
+                blob.tensor = self._in_memory_format(blob._data)
+
+    def _in_memory_format(self, tensor: Tensor) -> Tensor:
+        if (self._memory_format == torch.contiguous_format or tensor.dim() != 4
+                or not tensor.is_floating_point()):
+            return tensor
+        return tensor.contiguous(memory_format=self._memory_format)
+
+    def to(self, *args, **kwargs) -> "Net":
+        """``nn.Module.to``; ``memory_format=`` sets the blobs' layout (``memory_format``)
+        instead of the weights'."""
+        fmt = kwargs.pop("memory_format", None)
+        if args or kwargs:
+            super().to(*args, **kwargs)
+        if fmt is not None:
+            self.memory_format = fmt
+        return self
+
     # ------------------------------------------------------------------ device moves
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
@@ -313,7 +363,7 @@ class Net(nn.Module):
         tensor = torch.as_tensor(value)
         if tensor.device != blob._device or tensor.dtype != blob._dtype:
             tensor = tensor.to(device=blob._device, dtype=blob._dtype)
-        blob.tensor = tensor.detach()
+        blob.tensor = self._in_memory_format(tensor.detach())
 
     def forward(self, blobs: Iterable[str] | None = None, start: str | None = None,
                 end: str | None = None, **inputs: np.ndarray | Tensor) -> dict[str, np.ndarray]:
@@ -367,20 +417,35 @@ class Net(nn.Module):
                     buffers.park(bottoms[j], old, buffers.OUTPUT)
                     offered.append(bottoms[j])
                 del old
-        if record:
-            tops = layer(*bottoms)
-        else:
-            with torch.no_grad():
-                tops = layer(*bottoms)
+        with contextlib.ExitStack() as scope:
+            if not record:
+                scope.enter_context(torch.no_grad())
+            tops = self._run_in_precision(layer, bottoms, scope)
         for bottom in offered:
             buffers.discard(bottom, buffers.OUTPUT)
         if len(tops) != len(self.top_names[i]):
             raise NetError(f"forward returned {len(tops)} tops, expected "
                            f"{len(self.top_names[i])}", layer=layer.name, file=self.source)
+        if not bottoms:                      # data enters the net here
+            tops = tuple(self._in_memory_format(top) for top in tops)
         for name, top in zip(self.top_names[i], tops):
             self.blobs[name].tensor = top
         self._layer_io[i] = (bottoms, tops) if record else None
         return self._weighted_loss(i)
+
+    def _run_in_precision(self, layer: Layer, bottoms: list[Tensor],
+                          scope: contextlib.ExitStack) -> tuple[Tensor, ...]:
+        """The layer's forward in the net's precision (nets/precision.py): under bf16
+        autocast, except losses, softmax and metrics, which see float32 bottoms."""
+        dtype = precision.autocast_dtype(self.precision)
+        if dtype is None:
+            return layer(*bottoms)
+        device = bottoms[0].device.type if bottoms else "cpu"
+        if layer.is_loss or layer.full_precision:
+            scope.enter_context(torch.autocast(device, enabled=False))
+            return layer(*[b.float() if b.dtype in _REDUCED else b for b in bottoms])
+        scope.enter_context(torch.autocast(device, dtype=dtype))
+        return layer(*bottoms)
 
     def _weighted_loss(self, i: int) -> Tensor | None:
         loss = None

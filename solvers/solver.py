@@ -31,6 +31,7 @@ import torch
 from fcnwild.base import caffe_pb2
 from fcnwild.base.errors import DivergenceError, FcnwildError, SolverError, WeightsError
 from fcnwild.nets.net import Net
+from fcnwild.nets.precision import configure as configure_precision
 from fcnwild.nets.prototxt import read_net_param, read_solver_param
 from fcnwild.nets.upgrade import upgrade_net
 from fcnwild.solvers.lr_policy import LearningRate
@@ -51,8 +52,8 @@ class Solver:
 
     def __init__(self, solver: PathLike | caffe_pb2.SolverParameter, *,
                  train_net: Net | None = None, allow_python: bool = False,
-                 rank: int = 0, world_size: int = 1, device: torch.device | str | None = None
-                 ) -> None:
+                 rank: int = 0, world_size: int = 1, device: torch.device | str | None = None,
+                 precision: str = "fp32") -> None:
         if isinstance(solver, caffe_pb2.SolverParameter):
             self.file: str | None = None
             self.param = solver
@@ -72,6 +73,9 @@ class Solver:
         self.test_nets = self._build_test_nets()
         if device is not None:
             self.to(device)
+        # The train net computes in ``precision``; test nets keep Caffe's float32.
+        log.info("Precision %s", configure_precision(precision, _net_device(self.net)))
+        self.net.precision = precision
         self.lr = LearningRate(self.param, self.file)
         self.rule = make_rule(self.param, [p.tensor for p in self.net.learnable_params],
                               self.file)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from fcnwild.base.errors import SolverError
+from fcnwild.nets.precision import PRECISIONS
 from fcnwild.solvers import create_solver
 from fcnwild.solvers.snapshot import latest_snapshot, remove_stale_temporaries
 from fcnwild.tools.progress import iteration_progress, setup_logging
@@ -34,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help="torch device (default: cuda:<local rank> under torchrun with "
                         "CUDA, else cpu)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="what the train net computes in: fp32 (Caffe's; TF32 off), tf32 "
+                        "(CUDA tensor cores; as fp32 elsewhere) or bf16 (autocast; weights, "
+                        "diffs and losses stay float32). Default fp32")
     parser.add_argument("--allow-python", action="store_true",
                         help="allow Python layers (they run arbitrary code)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(logging.INFO if rank == 0 else logging.WARNING)
     try:
         solver = create_solver(args.solver, allow_python=args.allow_python, rank=rank,
-                        world_size=world, device=device)
+                               world_size=world, device=device, precision=args.precision)
         if args.weights:
             # Caffe's CopyLayers: into the train net and every test net (layers only a
             # test net has keep their own params).
