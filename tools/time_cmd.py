@@ -3,9 +3,11 @@ plus FLOPs, achieved GFLOP/s and the machine's GEMM GFLOP/s measured in the same
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import torch
 
+from fcnwild.layers import conv_tuning
 from fcnwild.nets.net import Net
 from fcnwild.nets.timing import time_net
 
@@ -21,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
     parser.add_argument("--no-gemm", action="store_true", help="skip the GEMM measurement")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="measure again which kernel runs each convolution operation on this "
+                        "machine (the choice is otherwise measured once and cached; see "
+                        "FCNWILD_CONV_TUNING)")
     parser.add_argument("--allow-python", action="store_true")
 
 
@@ -38,5 +44,8 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"fcnwild time: --input {item!r}: expected NAME=N,C,H,W") from None
     if shapes:
         net.reshape_inputs(shapes)
-    print(time_net(net, args.iterations, measure_gemm=not args.no_gemm).format())
+    tuning = conv_tuning.override("recalibrate") if args.recalibrate else contextlib.nullcontext()
+    with tuning:
+        report = time_net(net, args.iterations, measure_gemm=not args.no_gemm)
+    print(report.format())
     return 0
