@@ -317,16 +317,22 @@ def _add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
     return y
 
 
+def _remember(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,
+              geom: Geometry, rule: str) -> None:
+    """What backward needs: x for the weight grad, W for the input grad (only those), and
+    the tensors whose parked memory the gradients may take (layers/buffers.py)."""
+    need_x, need_w, _ = ctx.needs_input_grad[:3]
+    ctx.save_for_backward(x if need_w else None, weight if need_x else None)
+    ctx.geom, ctx.rule, ctx.has_bias = geom, rule, bias is not None
+    ctx.x_shape, ctx.w_shape, ctx.fmt = tuple(x.shape), tuple(weight.shape), _memory_format(x)
+    ctx.x, ctx.weight, ctx.bias = x, weight, bias
+
+
 class _Convolution(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,
                 geom: Geometry, rule: str, path: str) -> Tensor:
-        need_x, need_w, _ = ctx.needs_input_grad[:3]
-        # Keep only what backward reads: x for the weight grad, W for the input grad.
-        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
-        ctx.geom, ctx.rule, ctx.has_bias = geom, rule, bias is not None
-        ctx.x_shape, ctx.w_shape, ctx.fmt = tuple(x.shape), tuple(weight.shape), _memory_format(x)
-        ctx.x, ctx.weight, ctx.bias = x, weight, bias    # for their parked diffs (buffers.py)
+        _remember(ctx, x, weight, bias, geom, rule)
         out = buffers.take(x, (x.shape[0], weight.shape[0]) + geom.out_size(x.shape[2:]), x,
                            ctx.fmt, buffers.OUTPUT)
         return KERNELS[path].forward(x, weight, bias, geom, out)
@@ -357,11 +363,7 @@ class _Deconvolution(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,
                 geom: Geometry, rule: str, path: str) -> Tensor:
-        need_x, need_w, _ = ctx.needs_input_grad[:3]
-        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
-        ctx.geom, ctx.rule, ctx.has_bias = geom, rule, bias is not None
-        ctx.w_shape, ctx.fmt = tuple(weight.shape), _memory_format(x)
-        ctx.weight, ctx.bias = weight, bias         # for their parked diffs (buffers.py)
+        _remember(ctx, x, weight, bias, geom, rule)
         size = geom.in_size(x.shape[2:])
         out = buffers.take(x, (x.shape[0], weight.shape[1] * geom.groups) + size, x, ctx.fmt,
                            buffers.OUTPUT)
@@ -377,7 +379,8 @@ class _Deconvolution(torch.autograd.Function):
         # The deconvolution's output is the convolution's input side, and vice versa.
         if weight is not None:
             path = _resolve("forward", ctx.rule, geom, ctx.fmt, x=gy, w=weight)
-            gx = KERNELS[path].forward(gy, weight, None, geom)
+            gx = KERNELS[path].forward(gy, weight, None, geom,
+                                       buffers.take(ctx.x, ctx.x_shape, gy, ctx.fmt))
         if x is not None:
             x = _dense(x)
             path = _resolve("weight_grad", ctx.rule, geom, ctx.fmt, x=gy, gy=x,

@@ -51,25 +51,23 @@ def _step(net: Net, seed: int) -> dict[str, np.ndarray]:
     return values
 
 
+def _storage(net: Net) -> dict[str, int]:
+    """Where the largest reused tensors live."""
+    return {"conv1 weight diff": net.params["conv1"][0].grad.data_ptr(),
+            "conv2 weight diff": net.params["conv2"][0].grad.data_ptr(),
+            "conv1 bias diff": net.params["conv1"][1].grad.data_ptr(),
+            "conv1 diff": net.blobs["conv1"].grad.data_ptr(),
+            "pool1 diff": net.blobs["pool1"].grad.data_ptr(),
+            "conv2 data": net.blobs["conv2"].tensor.data_ptr(),
+            "pool1 data": net.blobs["pool1"].tensor.data_ptr()}
+
+
 def test_the_second_step_writes_into_the_first_steps_memory_and_computes_the_same():
     net = _net()
     _step(net, seed=1)
-    storage = {"conv1 weight diff": net.params["conv1"][0].grad.data_ptr(),
-               "conv2 weight diff": net.params["conv2"][0].grad.data_ptr(),
-               "conv1 bias diff": net.params["conv1"][1].grad.data_ptr(),
-               "conv1 diff": net.blobs["conv1"].grad.data_ptr(),
-               "pool1 diff": net.blobs["pool1"].grad.data_ptr(),
-               "conv2 data": net.blobs["conv2"].tensor.data_ptr(),
-               "pool1 data": net.blobs["pool1"].tensor.data_ptr()}
+    storage = _storage(net)
     second = _step(net, seed=2)
-    now = {"conv1 weight diff": net.params["conv1"][0].grad.data_ptr(),
-           "conv2 weight diff": net.params["conv2"][0].grad.data_ptr(),
-           "conv1 bias diff": net.params["conv1"][1].grad.data_ptr(),
-           "conv1 diff": net.blobs["conv1"].grad.data_ptr(),
-           "pool1 diff": net.blobs["pool1"].grad.data_ptr(),
-           "conv2 data": net.blobs["conv2"].tensor.data_ptr(),
-           "pool1 data": net.blobs["pool1"].tensor.data_ptr()}
-    assert now == storage
+    assert _storage(net) == storage
 
     fresh = _net()
     reference = _step(fresh, seed=2)
