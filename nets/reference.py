@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Mapping
 
 import h5py
 import numpy as np
@@ -22,9 +23,32 @@ from fcnwild.base.errors import FcnwildError
 
 PathLike = str | os.PathLike
 
-# max|ours - ref| <= max(atol, rtol * max|ref|): relative to the blob's magnitude.
-DEFAULT_TOLERANCES = {"forward": 1e-5, "backward": 1e-4, "param_diffs": 1e-4}
-DEFAULT_ATOL = 1e-7
+@dataclass(frozen=True)
+class Tolerance:
+    """The reference fixtures' rule, per array: ``max|ours - ref| <= atol + rtol * max|ref|``
+    (scale-aware: relative to the array's magnitude, with a small absolute floor)."""
+    rtol: float
+    atol: float
+
+    def bound(self, ref: np.ndarray) -> float:
+        scale = float(np.abs(ref).max()) if ref.size else 0.0
+        return self.atol + self.rtol * scale
+
+
+# float32 forward of any net; gradients of full nets (the fixtures' own figures).
+DEFAULT_TOLERANCES = {
+    "forward": Tolerance(1e-5, 1e-7),
+    "backward": Tolerance(1e-4, 1e-10),
+    "param_diffs": Tolerance(1e-4, 1e-10),
+}
+
+
+def tolerances_of(meta: dict) -> dict[str, Tolerance]:
+    """The defaults, replaced kind by kind by what a case's ``meta.json: tolerances`` states."""
+    stated = {kind: Tolerance(float(t["rtol"]), float(t["atol"]))
+              for kind, t in meta.get("tolerances", {}).items()
+              if isinstance(t, dict) and "rtol" in t and "atol" in t}
+    return {**DEFAULT_TOLERANCES, **stated}
 
 
 @dataclass
@@ -39,23 +63,17 @@ class Comparison:
     note: str = ""
 
 
-def tolerance_for(ref: np.ndarray, rtol: float, atol: float = DEFAULT_ATOL) -> float:
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
-    return max(atol, rtol * scale)
-
-
 def compare_arrays(kind: str, name: str, ours: np.ndarray | None, ref: np.ndarray,
-                   rtol: float, atol: float = DEFAULT_ATOL,
-                   unknown: np.ndarray | None = None) -> Comparison:
+                   tolerance: Tolerance, unknown: np.ndarray | None = None) -> Comparison:
     """Compare one array; ``unknown`` marks positions the reference does not determine."""
     ref = np.asarray(ref, dtype=np.float64)
+    allowed = tolerance.bound(ref)
     if ours is None:
-        return Comparison(kind, name, ref.shape, float("nan"), float("nan"),
-                          tolerance_for(ref, rtol, atol), False, "missing in the net")
+        return Comparison(kind, name, ref.shape, float("nan"), float("nan"), allowed, False,
+                          "missing in the net")
     ours = np.asarray(ours, dtype=np.float64)
     if ours.size != ref.size:
-        return Comparison(kind, name, ref.shape, float("nan"), float("nan"),
-                          tolerance_for(ref, rtol, atol), False,
+        return Comparison(kind, name, ref.shape, float("nan"), float("nan"), allowed, False,
                           f"shape {ours.shape} vs reference {ref.shape}")
     ours = ours.reshape(ref.shape)
     difference = np.abs(ours - ref)
@@ -65,16 +83,16 @@ def compare_arrays(kind: str, name: str, ours: np.ndarray | None, ref: np.ndarra
         note = f"{int(unknown.sum())} positions not determined by the reference"
     error = float(difference.max()) if ref.size else 0.0
     scale = float(np.abs(ref).max()) if ref.size else 0.0
-    tol = tolerance_for(ref, rtol, atol)
     relative = error / scale if scale else error
-    return Comparison(kind, name, ref.shape, error, relative, tol, error <= tol, note)
+    return Comparison(kind, name, ref.shape, error, relative, allowed, error <= allowed, note)
 
 
-def compare_with_reference(net, reference: PathLike, *, tolerances: dict[str, float] | None = None,
-                           atol: float = DEFAULT_ATOL, backward: bool = True
-                           ) -> list[Comparison]:
-    """Drive ``net`` as the reference was driven and compare every recorded array."""
-    rtols = dict(DEFAULT_TOLERANCES, **(tolerances or {}))
+def compare_with_reference(net, reference: PathLike, *,
+                           tolerances: Mapping[str, Tolerance] | None = None,
+                           backward: bool = True) -> list[Comparison]:
+    """Drive ``net`` as the reference was driven and compare every recorded array
+    (``tolerances`` per kind; the defaults for kinds it leaves out)."""
+    tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     try:
         h5 = h5py.File(reference, "r")
     except OSError as err:
@@ -106,19 +124,17 @@ def compare_with_reference(net, reference: PathLike, *, tolerances: dict[str, fl
         # the diff Caffe passed to such a bottom is unknown there too.
         unknown = {name: net.blobs[name].data == 0 for name in masked}
         results = [compare_arrays("forward", name, _blob(net, name, "data"), ref[()],
-                                  rtols["forward"], atol)
+                                  tol["forward"])
                    for name, ref in h5["forward"].items()]
-        results += _compare_params(net, h5, "params_after_forward", "data", rtols["forward"],
-                                   atol)
+        results += _compare_params(net, h5, "params_after_forward", "data", tol["forward"])
         if backward and "backward" in h5:
             for name, diff in (h5["top_diff"].items() if "top_diff" in h5 else ()):
                 net.blobs[name].diff = diff[()]
             net.backward()
             results += [compare_arrays("backward", name, _blob(net, name, "diff"), ref[()],
-                                       rtols["backward"], atol, unknown.get(name))
+                                       tol["backward"], unknown.get(name))
                         for name, ref in h5["backward"].items()]
-            results += _compare_params(net, h5, "param_diffs", "diff", rtols["param_diffs"],
-                                       atol)
+            results += _compare_params(net, h5, "param_diffs", "diff", tol["param_diffs"])
     return results
 
 
@@ -127,7 +143,7 @@ def _blob(net, name: str, attr: str) -> np.ndarray | None:
     return None if blob is None else getattr(blob, attr)
 
 
-def _compare_params(net, h5: h5py.File, group: str, attr: str, rtol: float, atol: float
+def _compare_params(net, h5: h5py.File, group: str, attr: str, tolerance: Tolerance
                     ) -> list[Comparison]:
     if group not in h5:
         return []
@@ -137,7 +153,7 @@ def _compare_params(net, h5: h5py.File, group: str, attr: str, rtol: float, atol
         for index, ref in blobs.items():
             i = int(index)
             ours = getattr(params[i], attr) if i < len(params) else None
-            results.append(compare_arrays(group, f"{layer_name}/{i}", ours, ref[()], rtol, atol))
+            results.append(compare_arrays(group, f"{layer_name}/{i}", ours, ref[()], tolerance))
     return results
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from caffe_fixture import FIXTURES, case_names
 from fcnwild.nets.net import Net
-from fcnwild.nets.reference import compare_with_reference, format_table
+from fcnwild.nets.reference import compare_with_reference, format_table, tolerances_of
 
 NET_CASES = [n for n in case_names() if not n.startswith("solver_")]
 
@@ -20,14 +20,7 @@ def run_case(name: str, device: str = "cpu"):
     if (case / "weights.caffemodel.h5").exists():
         weights = case / "weights.caffemodel.h5"
     net = Net(case / "net.prototxt", weights=weights, phase=meta["phase"].lower()).to(device)
-    tol = meta["tolerances"]
-    # The case's rule is atol + rtol*max|ref|; ours is max(atol, rtol*max|ref|), which is
-    # never looser than the case's for the same pair.
-    results = compare_with_reference(
-        net, case / "blobs.h5", atol=min(t["atol"] for t in tol.values() if isinstance(t, dict)
-                                         and "atol" in t),
-        tolerances={k: tol[k]["rtol"] for k in ("forward", "backward", "param_diffs")
-                    if k in tol})
+    results = compare_with_reference(net, case / "blobs.h5", tolerances=tolerances_of(meta))
     return net, results
 
 

@@ -6,7 +6,7 @@ import argparse
 import torch
 
 from fcnwild.nets.net import Net
-from fcnwild.nets.reference import DEFAULT_ATOL, DEFAULT_TOLERANCES, compare_with_reference, \
+from fcnwild.nets.reference import DEFAULT_TOLERANCES, Tolerance, compare_with_reference, \
     format_table
 
 
@@ -17,11 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", required=True, help="reference blobs (HDF5)")
     parser.add_argument("--phase", choices=["train", "test"], default="train",
                         help="phase the reference was recorded in (default: train)")
-    parser.add_argument("--forward-tol", type=float, default=DEFAULT_TOLERANCES["forward"],
+    parser.add_argument("--forward-tol", type=float, default=DEFAULT_TOLERANCES["forward"].rtol,
                         help="forward tolerance relative to each blob's max |value|")
-    parser.add_argument("--backward-tol", type=float, default=DEFAULT_TOLERANCES["backward"],
+    parser.add_argument("--backward-tol", type=float,
+                        default=DEFAULT_TOLERANCES["backward"].rtol,
                         help="backward and param-diff tolerance, relative")
-    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="absolute floor")
+    parser.add_argument("--atol", type=float, help="absolute floor for every kind (default: "
+                        + ", ".join(f"{kind} {t.atol:g}" for kind, t in DEFAULT_TOLERANCES.items())
+                        + "); an array passes when max|ours - ref| <= atol + tol * max|ref|")
     parser.add_argument("--forward-only", action="store_true", help="skip backward")
     parser.add_argument("--device", default="cpu",
                         help="torch device to run on, e.g. cuda (TF32 is turned off there)")
@@ -35,9 +38,11 @@ def run(args: argparse.Namespace) -> int:
     torch.backends.cudnn.allow_tf32 = False
     net = Net(args.model, weights=args.weights, phase=args.phase,
               allow_python=args.allow_python).to(args.device)
-    results = compare_with_reference(
-        net, args.reference, atol=args.atol, backward=not args.forward_only,
-        tolerances={"forward": args.forward_tol, "backward": args.backward_tol,
-                    "param_diffs": args.backward_tol})
+    rtols = {"forward": args.forward_tol, "backward": args.backward_tol,
+             "param_diffs": args.backward_tol}
+    tolerances = {kind: Tolerance(rtol, DEFAULT_TOLERANCES[kind].atol if args.atol is None
+                                  else args.atol) for kind, rtol in rtols.items()}
+    results = compare_with_reference(net, args.reference, tolerances=tolerances,
+                                     backward=not args.forward_only)
     print(format_table(results))
     return 0 if all(r.passed for r in results) else 1
