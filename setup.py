@@ -8,6 +8,9 @@ data/, tools/); each folder is installed under the ``fcnwild`` namespace
 from setuptools import setup
 
 SUBPACKAGES = ["base", "layers", "nets", "solvers", "data", "tools"]
+# The pycaffe-compatible module lives in pycaffe/ and installs as fcnwild.caffe:
+# a top-level caffe/ folder would shadow a real pycaffe for scripts run from here.
+PYCAFFE = {"fcnwild.caffe": "pycaffe"}
 
 setup(
     name="fcnwild",
@@ -17,9 +20,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=[f"fcnwild.{p}" for p in SUBPACKAGES],
-    package_dir={f"fcnwild.{p}": p for p in SUBPACKAGES},
-    package_data={"fcnwild.base": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"]},
+    packages=[f"fcnwild.{p}" for p in SUBPACKAGES] + list(PYCAFFE),
+    package_dir={**{f"fcnwild.{p}": p for p in SUBPACKAGES}, **PYCAFFE},
+    # The opt-in `import caffe` shim (fcnwild pycaffe --shim-path) is data, not a package.
+    package_data={"fcnwild.base": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"],
+                  "fcnwild.caffe": ["shim/caffe/__init__.py"]},
     install_requires=[
         # torch is constrained to the CPU 2.13.0 wheel by constraints.txt in the
         # README commands; the open range here keeps other installs possible.

@@ -531,15 +531,22 @@ class Net(nn.Module):
             entry.ClearField("blobs")
         return out
 
-    def save(self, path: PathLike) -> None:
+    def save(self, path: PathLike, format: str | None = None) -> None:
         """Write the weights: Caffe's HDF5 layout for .h5, a torch state dict
-        ({"<layer>/<i>": tensor}) for .pt/.pth, a binary caffemodel otherwise."""
+        ({"<layer>/<i>": tensor}) for .pt/.pth, a binary caffemodel otherwise;
+        ``format`` ("hdf5", "torch" or "caffemodel") overrides the file name."""
         from fcnwild.nets import weights
-        if weights.is_hdf5(path) or weights.is_torch(path):
+        if format is None:
+            format = "hdf5" if weights.is_hdf5(path) else \
+                "torch" if weights.is_torch(path) else "caffemodel"
+        if format not in ("hdf5", "torch", "caffemodel"):
+            raise NetError(f"unknown weights format {format!r}; expected hdf5, torch or "
+                           "caffemodel", file=path)
+        if format != "caffemodel":
             shared = self._shared_targets()
             owned = {layer.name: {k: p.detach().cpu().numpy() for k, p in enumerate(layer.blobs)
                                   if (layer.name, k) not in shared} for layer in self.layers}
-            if weights.is_hdf5(path):
+            if format == "hdf5":
                 weights.write_caffemodel_h5(path, [layer.name for layer in self.layers], owned)
             else:
                 weights.write_torch_weights(path, {k: v for k, v in owned.items() if v})
