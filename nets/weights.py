@@ -139,7 +139,7 @@ def open_weights(path: PathLike) -> WeightsFile:
     if is_torch(path):
         return _open_torch(path)
     # Caffe's CopyTrainedLayersFrom tells HDF5 from a binary proto by content (H5Fis_hdf5).
-    if is_hdf5(path) or h5py.is_hdf5(path):
+    if h5py.is_hdf5(path):
         return _open_hdf5(path)
     return _open_caffemodel(path)
 

@@ -32,6 +32,8 @@ _state = {"gpu": False, "device_id": 0, "generation": 0, "warned": False,
           "solver_count": 1, "solver_rank": 0, "multiprocess": False, "log_handler": None}
 # id(device tensor) -> (tensor, host copy handed out since the last flush)
 _host_copies: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+# Devices whose tensors numpy can view in place.
+_VIEWABLE = {"cpu"}
 
 
 # --- mode and device ---------------------------------------------------------------------
@@ -81,12 +83,12 @@ def generation() -> int:
 def host_array(tensor: torch.Tensor) -> np.ndarray:
     """A numpy array of ``tensor`` whose writes reach the net: a view on the CPU, a host
     copy written back at the next ``flush_host_copies`` on other devices."""
-    if tensor.device.type == "cpu":
+    if tensor.device.type in _VIEWABLE:
         return tensor.detach().numpy()
     entry = _host_copies.get(id(tensor))
     if entry is not None and entry[0] is tensor:
         return entry[1]
-    array = tensor.detach().cpu().numpy()
+    array = tensor.detach().to("cpu", copy=True).numpy()
     _host_copies[id(tensor)] = (tensor, array)
     return array
 

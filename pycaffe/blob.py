@@ -31,7 +31,7 @@ class Blob:
         return self._blob
 
     def _pin(self, source) -> None:
-        if source.tensor.device.type == "cpu":
+        if source.tensor.device.type in _caffe._VIEWABLE:
             source.pinned = True
 
     @property
