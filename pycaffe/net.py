@@ -112,6 +112,7 @@ class Net:
         elif self._generation != _caffe.generation():
             self._generation = _caffe.generation()
             self._net.to(_caffe.device())
+            release_views(self._net)
 
     # ------------------------------------------------------------------ forward
     def forward(self, blobs: Iterable[str] | None = None, start: str | None = None,
@@ -373,6 +374,13 @@ class LayerView:
 
     def __repr__(self) -> str:
         return f"<caffe Layer {self._layer.name!r} type {self.type}>"
+
+
+def release_views(net: FcnNet) -> None:
+    """After a device move, views read before belong to the old buffers: the blobs stop
+    copying into them."""
+    for blob in net.blobs.values():
+        blob.pinned = False
 
 
 def _layer_view(net: FcnNet, index: int):

@@ -13,7 +13,7 @@ from typing import Callable, ClassVar
 from fcnwild.base import caffe_pb2
 from fcnwild.base.errors import SolverError
 from fcnwild.caffe import _caffe
-from fcnwild.caffe.net import Net, check_file
+from fcnwild.caffe.net import Net, check_file, release_views
 from fcnwild.nets.prototxt import read_solver_param
 from fcnwild.solvers import create_solver
 from fcnwild.solvers.adversarial import AlternatingSolver
@@ -55,6 +55,8 @@ class Solver:
         if self._generation != _caffe.generation():
             self._generation = _caffe.generation()
             self._solver.to(_caffe.device())
+            for net in (self._solver.net, *self._solver.test_nets):
+                release_views(net)
 
     def step(self, iters: int) -> None:
         """Train ``iters`` iterations (tests, display and snapshots as the file says)."""

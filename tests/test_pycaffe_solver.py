@@ -161,3 +161,16 @@ def test_multi_process_solvers_are_refused(folder, monkeypatch):
     monkeypatch.setitem(_caffe._state, "solver_count", 2)
     with pytest.raises(NotImplementedError, match="set_solver_count"):
         caffe.SGDSolver(_solver_file(folder))
+
+
+def test_solver_and_its_nets_follow_a_device_change_once(folder, monkeypatch):
+    solver = caffe.SGDSolver(_solver_file(folder))
+    moves = []
+    monkeypatch.setattr(solver._solver, "to", moves.append)
+    monkeypatch.setattr(_caffe, "_state", dict(_caffe._state))
+    held = solver.net.blobs["conv1"].data             # a view: pins the blob
+    _caffe._set("device_id", 5)                       # what set_device(5) records
+    solver.net.forward()                              # through a net view: the solver moves
+    solver.step(1)
+    assert moves == [_caffe.device()]
+    assert not solver._solver.net.blobs["conv1"].pinned and held.shape == (2, 4, 4, 4)
