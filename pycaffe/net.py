@@ -303,18 +303,8 @@ class Net:
         if layer is None or layer.type_name != "MemoryData":
             raise NetError("set_input_arrays may only be called if the first layer is a "
                            "MemoryDataLayer", file=self._net.source)
-        p = layer.param.memory_data_param
-        _check_input_array(data, "data array", (p.channels, p.height, p.width), layer.name)
-        _check_input_array(labels, "labels array", (1, 1, 1), layer.name)
-        if data.shape[0] != labels.shape[0]:
-            raise NetError("data and labels must have the same first dimension",
-                           layer=layer.name)
-        if data.shape[0] % p.batch_size != 0:
-            raise NetError(f"first dimensions of input arrays must be a multiple of batch "
-                           f"size ({data.shape[0]} items, batch size {p.batch_size})",
-                           layer=layer.name)
         self._prepare()
-        layer.set_input_arrays(data, labels)
+        layer.set_input_arrays(data, labels)     # checks the arrays as pycaffe does
 
     # ------------------------------------------------------------------ callbacks
     def before_forward(self, callback: Callable[[int], object]) -> None:
@@ -419,22 +409,6 @@ def check_file(path: PathLike, error: type[FcnwildError]) -> None:
             pass
     except OSError as err:
         raise error(f"Could not open file {path} ({err.strerror})", file=path) from None
-
-
-def _check_input_array(array: np.ndarray, what: str, dims: tuple[int, int, int],
-                       layer: str) -> None:
-    if not isinstance(array, np.ndarray):
-        raise NetError(f"{what} must be a numpy array, got {type(array).__name__}", layer=layer)
-    if not array.flags["C_CONTIGUOUS"]:
-        raise NetError(f"{what} must be C contiguous", layer=layer)
-    if array.ndim != 4:
-        raise NetError(f"{what} must be 4-d", layer=layer)
-    if array.dtype != np.float32:
-        raise NetError(f"{what} must be float32", layer=layer)
-    for axis, what_dim in zip(range(1, 4), ("number of channels", "height", "width")):
-        if array.shape[axis] != dims[axis - 1]:
-            raise NetError(f"{what} has wrong {what_dim} ({array.shape[axis]}, the layer "
-                           f"takes {dims[axis - 1]})", layer=layer)
 
 
 def _need_inputs(method: str, kwargs: dict) -> None:
