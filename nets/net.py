@@ -347,24 +347,28 @@ class Net(nn.Module):
             with torch.no_grad():
                 layer.forward_inplace(self.blobs[name].tensor)
             return self._weighted_loss(i)
+        bottoms, tops = self._run_layer(i, record)
+        for name, top in zip(self.top_names[i], tops):
+            self.blobs[name].tensor = top
+        self._layer_io[i] = (bottoms, tops) if record else None
+        return self._weighted_loss(i)
+
+    def _run_layer(self, i: int, record: bool) -> tuple[list[Tensor], tuple[Tensor, ...]]:
+        """Layer ``i``'s forward on detached copies of its bottoms; with ``record``, autograd
+        records it for the layer's own backward."""
+        layer = self.layers[i]
         bottoms = []
         for j, name in enumerate(self.bottom_names[i]):
             tensor = self.blobs[name].tensor.detach()
             if record and self.bottom_need_backward[i][j]:
                 tensor.requires_grad_()
             bottoms.append(tensor)
-        if record:
+        with torch.set_grad_enabled(record):
             tops = layer(*bottoms)
-        else:
-            with torch.no_grad():
-                tops = layer(*bottoms)
         if len(tops) != len(self.top_names[i]):
             raise NetError(f"forward returned {len(tops)} tops, expected "
                            f"{len(self.top_names[i])}", layer=layer.name, file=self.source)
-        for name, top in zip(self.top_names[i], tops):
-            self.blobs[name].tensor = top
-        self._layer_io[i] = (bottoms, tops) if record else None
-        return self._weighted_loss(i)
+        return bottoms, tops
 
     def _weighted_loss(self, i: int) -> Tensor | None:
         loss = None
@@ -412,10 +416,12 @@ class Net(nn.Module):
                 layer.backward_inplace(self.blobs[name].grad)
             return
         io = self._layer_io[i]
-        if io is None:
-            raise NetError("backward needs a forward pass first (with gradients enabled), "
-                           "and can run once per forward", layer=layer.name, file=self.source)
         self._layer_io[i] = None
+        if io is None:
+            # Caffe's Backward reads the blobs as they are, with or without a forward
+            # since the last backward: record this layer's forward on its bottoms now
+            # (a Dropout layer used out of place then draws a new mask).
+            io = self._run_layer(i, record=True)
         bottoms, tops = io
         outputs, grads = [], []
         for name, top in zip(self.top_names[i], tops):

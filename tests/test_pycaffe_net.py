@@ -205,6 +205,26 @@ def test_backward_with_end_returns_that_layers_bottom_diffs(net):
     np.testing.assert_array_equal(grads["ip"], net.blobs["alpha"].diff)
 
 
+def test_backward_needs_no_forward_before_it_as_in_caffe(net):
+    """Caffe's Backward reads the blobs as they are: a layer's diffs from the current
+    bottom data and top diff, whether or not a forward ran; repeated, param diffs add up."""
+    d_alpha = np.random.RandomState(6).randn(2, 4).astype(np.float32)
+    net.blobs["alpha"].diff[...] = d_alpha
+    net.blobs["ip"].data[...] = 1.0                 # no forward has run at all
+    grads = net.backward(start="beta", end="beta")
+    np.testing.assert_allclose(grads["ip"], d_alpha, rtol=1e-6)
+    x = _input()
+    net.forward(data=x)
+    net.blobs["ip"].diff[...] = d_alpha
+    net.clear_param_diffs()
+    net.backward(start="ip", end="ip")
+    first = net.params["ip"][0].diff.copy()
+    np.testing.assert_allclose(first, d_alpha.T @ x.reshape(2, -1), rtol=1e-5, atol=1e-6)
+    net.blobs["ip"].diff[...] = d_alpha
+    net.backward(start="ip", end="ip")
+    np.testing.assert_allclose(net.params["ip"][0].diff, 2 * first, rtol=1e-5, atol=1e-6)
+
+
 def test_clear_param_diffs_zeroes_held_diff_views(net):
     net.forward(data=_input())
     net.backward(alpha=np.ones((2, 4), np.float32), zeta=np.ones((2, 3, 2, 2), np.float32))

@@ -20,7 +20,9 @@ _RULE_FIELDS = {"AdaDelta": dict(momentum=0.95, delta=1e-6, base_lr=1.0),
 
 
 @pytest.fixture
-def folder(tmp_path):
+def folder(tmp_path, monkeypatch):
+    """The solver's folder, also the working directory (as FCN's solve.py runs)."""
+    monkeypatch.chdir(tmp_path)
     write_hdf5_source(tmp_path, "train", rows=[6], seed=2)
     write_hdf5_source(tmp_path, "val", rows=[4], seed=3)
     write(tmp_path / "net.prototxt", segmentation_net("train.txt", batch=2,
@@ -126,6 +128,22 @@ def test_snapshot_and_restore_continue_exactly(folder):
     assert resumed.iter == 2
     resumed.step(2)
     _assert_same(_params(resumed.net), _params(straight.net))
+
+
+def test_a_relative_snapshot_prefix_is_relative_to_the_working_directory(folder, tmp_path,
+                                                                          monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "snaps").mkdir(parents=True)
+    path = _solver_file(folder, snapshot_prefix="run")
+    named_dir = _solver_file(folder, "dir_solver.prototxt", snapshot_prefix="snaps")
+    monkeypatch.chdir(elsewhere)
+    caffe.SGDSolver(path).snapshot()
+    caffe.SGDSolver(named_dir).snapshot()             # a directory gets the file's stem
+    assert (elsewhere / "run_iter_0.caffemodel").exists()
+    assert (elsewhere / "snaps" / "dir_solver_iter_0.solverstate").exists()
+    unset = _solver_file(folder, "unset.prototxt", snapshot_prefix=None)
+    caffe.SGDSolver(unset).snapshot()                 # unset: beside the solver file
+    assert (folder / "unset_iter_0.caffemodel").exists()
 
 
 def test_solve_trains_to_max_iter(folder):
