@@ -7,7 +7,10 @@ data/, tools/); each folder is installed under the ``fcnwild`` namespace
 """
 from setuptools import setup
 
-SUBPACKAGES = ["base", "layers", "nets", "solvers", "data", "tools"]
+# Python package -> folder of this repository.
+PACKAGES = {f"fcnwild.{folder}": folder
+            for folder in ("base", "layers", "nets", "solvers", "data", "tools")}
+PACKAGES["fcnwild.tools.experiment"] = "tools/experiment"
 
 setup(
     name="fcnwild",
@@ -17,8 +20,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=[f"fcnwild.{p}" for p in SUBPACKAGES],
-    package_dir={f"fcnwild.{p}": p for p in SUBPACKAGES},
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
     package_data={"fcnwild.base": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"]},
     install_requires=[
         # torch is constrained to the CPU 2.13.0 wheel by constraints.txt in the

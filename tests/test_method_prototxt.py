@@ -8,22 +8,21 @@ import numpy as np
 import pytest
 import torch
 from data_layouts import make_cityscapes, make_gta5
-from google.protobuf import text_format
 
 from fcnwild.base import caffe_pb2
 from fcnwild.base.errors import NetError
 from fcnwild.data.class_stats import compute_class_stats, save_class_stats
 from fcnwild.data.datasets import open_dataset
 from fcnwild.nets.net import Net
-from fcnwild.nets.paper_configs import all_files
 from fcnwild.nets.prototxt import read_net_param, read_solver_param
 from fcnwild.solvers.adversarial import AlternatingSolver
+from fcnwild.tools.experiment.paper import all_files
 
 PROTOTXT = Path(__file__).resolve().parents[1] / "prototxt"
 
 
 def test_committed_prototxt_files_are_what_the_generator_writes(tmp_path):
-    from fcnwild.nets.paper_configs import write_all
+    from fcnwild.tools.experiment.paper import write_all
     for path in write_all(tmp_path):
         relative = path.relative_to(tmp_path)
         committed = PROTOTXT / relative

@@ -6,8 +6,12 @@ import argparse
 import torch
 
 from fcnwild.nets.net import Net
-from fcnwild.nets.reference import DEFAULT_TOLERANCES, Tolerance, compare_with_reference, \
-    format_table
+from fcnwild.nets.reference import (
+    DEFAULT_TOLERANCES,
+    Tolerance,
+    compare_with_reference,
+    format_table,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,14 +1,10 @@
-"""The nets and solvers of the paper's experiments, written to prototxt/ from nets/frontend.py.
+"""The nets and solvers of the paper's experiments, written to prototxt/.
 
-Regenerate with ``python -m fcnwild.nets.paper_configs prototxt`` (a test
+Regenerate with ``python -m fcnwild.tools.experiment.paper prototxt`` (a test
 checks the committed files are current). Dataset roots come from environment
 variables (``${GTA5_ROOT}``, ``${CITYSCAPES_ROOT}``, ...), expanded by the
-SegmentationData layer, so the files run unchanged on any machine.
-
-Training settings follow fyu/dilation's front-end defaults (SGD, lr 1e-4,
-momentum 0.9, weight decay 5e-4, crop 500, 14 images per update as batch 1 x
-iter_size 14); the adaptation stages fine-tune from the previous stage at lr 1e-5
-with 7 source + 7 target images per update.
+SegmentationData layer, so the files run unchanged on any machine. The solver
+settings are ``settings.SOURCE_ONLY`` and ``settings.ADAPTATION``.
 """
 from __future__ import annotations
 
@@ -21,13 +17,13 @@ from fcnwild.nets.frontend import (
     ARCHITECTURES,
     DataSpec,
     FrontEnd,
-    SolverSettings,
     adaptation_net,
     deploy_net,
-    solver_param,
-    to_text,
     train_net,
 )
+from fcnwild.nets.prototxt import to_text
+from fcnwild.tools.experiment.config import synthetic_experiment
+from fcnwild.tools.experiment.settings import ADAPTATION, SOURCE_ONLY, solver_param
 
 
 @dataclass(frozen=True)
@@ -69,11 +65,6 @@ EXPERIMENTS = (
                _data(CITYSCAPES, "train"), _data("bdd:${BDD_ROOT}", "train"),
                _evaluation(_data("bdd:${BDD_ROOT}", "val"))),
 )
-
-SOURCE_ONLY = SolverSettings(base_lr=1e-4, iter_size=14, max_iter=40000, snapshot=4000)
-ADAPTATION = SolverSettings(base_lr=1e-5, iter_size=7, max_iter=20000, snapshot=2000)
-STAGES = ("source_only", "ga", "ga_ca")
-
 
 def experiment_files(experiment: Adaptation, arch: FrontEnd
                      ) -> list[tuple[str, caffe_pb2.Message, str]]:
@@ -130,7 +121,6 @@ def all_files() -> list[tuple[str, caffe_pb2.Message, str]]:
 
 def synthetic_files() -> list[tuple[str, caffe_pb2.Message, str]]:
     """The demo's small nets and solvers on the embedded synthetic benchmark."""
-    from fcnwild.solvers.adaptation import synthetic_experiment
     e = synthetic_experiment()
     title = "Embedded synthetic benchmark (fcnwild demo)"
     files = [("synthetic/deploy.prototxt", deploy_net(e.arch, "synthetic_deploy", 64),
@@ -147,7 +137,7 @@ def synthetic_files() -> list[tuple[str, caffe_pb2.Message, str]]:
                                      domain_normalization=e.domain_normalization, mil=e.mil),
                       f"{title}: {stage} net (domain losses averaged over units)." +
                       ("\nImage-level labels: the layer's online rule here; `fcnwild demo` "
-                       "predicts them once\nwith the GA model instead (see solvers/adaptation.py)."
+                       "predicts them once\nwith the GA model instead (see tools/experiment/run.py)."
                        if category else "")))
         files.append((f"synthetic/{stage}_solver.prototxt",
                       solver_param(f"{stage}_net.prototxt", f"snapshots/{stage}",
@@ -169,8 +159,8 @@ def write_all(root: Path) -> list[Path]:
     for relative, message, header in all_files():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = to_text(message, header + "\nWritten by `python -m fcnwild.nets.paper_configs "
-                       "prototxt`; edit nets/frontend.py or nets/paper_configs.py instead.")
+        text = to_text(message, header + "\nWritten by `python -m fcnwild.tools.experiment.paper "
+                       "prototxt`; edit nets/frontend.py or tools/experiment/ instead.")
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written
