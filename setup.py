@@ -8,6 +8,9 @@ data/, tools/); each folder is installed under the ``fcnwild`` namespace
 from setuptools import setup
 
 SUBPACKAGES = ["base", "layers", "nets", "solvers", "data", "tools"]
+# The pycaffe-compatible module lives in pycaffe/ and installs as fcnwild.caffe:
+# a top-level caffe/ folder would shadow a real pycaffe for scripts run from here.
+PYCAFFE = {"fcnwild.caffe": "pycaffe", "fcnwild.caffe.proto": "pycaffe/proto"}
 
 setup(
     name="fcnwild",
@@ -17,8 +20,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=[f"fcnwild.{p}" for p in SUBPACKAGES],
-    package_dir={f"fcnwild.{p}": p for p in SUBPACKAGES},
+    packages=[f"fcnwild.{p}" for p in SUBPACKAGES] + list(PYCAFFE),
+    package_dir={**{f"fcnwild.{p}": p for p in SUBPACKAGES}, **PYCAFFE},
     package_data={"fcnwild.base": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"]},
     install_requires=[
         # torch is constrained to the CPU 2.13.0 wheel by constraints.txt in the
@@ -38,7 +41,9 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "cityscapesscripts>=2.2"],
+        "test": ["pytest>=7", "hypothesis>=6", "cityscapesscripts>=2.2", "pydot>=1.4"],
+        # fcnwild.caffe.draw (pycaffe's net drawing); rendering also needs Graphviz's dot.
+        "draw": ["pydot>=1.4"],
         "dev": ["grpcio-tools>=1.62"],
     },
     entry_points={"console_scripts": ["fcnwild = fcnwild.tools.cli:main"]},
