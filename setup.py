@@ -11,6 +11,9 @@ from setuptools import setup
 PACKAGES = {f"fcnwild.{folder}": folder
             for folder in ("base", "layers", "nets", "solvers", "data", "tools")}
 PACKAGES["fcnwild.tools.experiment"] = "tools/experiment"
+# The pycaffe-compatible module lives in pycaffe/ and installs as fcnwild.caffe: a top-level
+# caffe/ folder would shadow a real pycaffe for scripts run from the repository root.
+PACKAGES.update({"fcnwild.caffe": "pycaffe", "fcnwild.caffe.proto": "pycaffe/proto"})
 
 setup(
     name="fcnwild",
@@ -41,7 +44,9 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "cityscapesscripts>=2.2"],
+        "test": ["pytest>=7", "hypothesis>=6", "cityscapesscripts>=2.2", "pydot>=1.4"],
+        # fcnwild.caffe.draw (pycaffe's net drawing); rendering also needs Graphviz's dot.
+        "draw": ["pydot>=1.4"],
         "dev": ["grpcio-tools>=1.62"],
     },
     entry_points={"console_scripts": ["fcnwild = fcnwild.tools.cli:main"]},

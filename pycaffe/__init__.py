@@ -1,0 +1,1 @@
+"""pycaffe's API (``import caffe``) on fcnwild: placeholder package docstring."""
