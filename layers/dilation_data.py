@@ -188,7 +188,8 @@ class _ListDataLayer(_DataLayer):
         if batch_size < 1:
             raise self.error("batch_size must be at least 1")
         self.batch_size = batch_size
-        self.seed = int(torch.randint(0, 2**62, ()).item())
+        # torch's CPU generator even while nets are built on another (e.g. meta) device
+        self.seed = int(torch.randint(0, 2**62, (), device="cpu").item())
         self.shuffle, self.rand_skip = shuffle, rand_skip
         self.consumed = 0                # stream items read by all shards together
         self.shard = (0, 1)

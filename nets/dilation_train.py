@@ -102,16 +102,17 @@ def _label_slice(dim, stride: int, offset: int | None = None) -> caffe_pb2.Slice
 
 
 def image_label_data_layer(image_list: str, label_list: str, batch_size: int, mirror: bool,
-                           crop_size: int, mean, margin: int = MARGIN
-                           ) -> caffe_pb2.LayerParameter:
-    """network.make_image_label_data: label dim (crop - 2 margin) / 8 at stride 8."""
-    dim = (crop_size - 2 * margin) // 8
+                           crop_size: int, mean, *, label_stride: int, margin: int = MARGIN,
+                           shuffle: bool = True) -> caffe_pb2.LayerParameter:
+    """network.make_image_label_data's layer: a crop_size crop with a ``margin`` border,
+    the label sampled every ``label_stride`` pixels inside the margin."""
+    dim = (crop_size - 2 * margin) // label_stride
     transform = caffe_pb2.TransformationParameter(mirror=mirror, crop_size=crop_size,
                                                   mean_value=list(mean))
     param = caffe_pb2.ImageLabelDataParameter(
-        image_list_path=image_list, label_list_path=label_list, shuffle=True,
+        image_list_path=image_list, label_list_path=label_list, shuffle=shuffle,
         batch_size=batch_size, padding=caffe_pb2.ImageLabelDataParameter.REFLECT,
-        label_slice=_label_slice((dim, dim), 8, margin))
+        label_slice=_label_slice((dim, dim), label_stride, margin))
     return _layer("data", "ImageLabelData", top=["data", "label"], transform_param=transform,
                   image_label_data_param=param)
 
@@ -224,8 +225,9 @@ def make_net(options: TrainOptions, is_training: bool) -> caffe_pb2.NetParameter
     labels = o.train_label if is_training else o.test_label
     net = caffe_pb2.NetParameter()
     if o.model == "frontend":
+        # network.py samples the front-end's label at stride 8 whatever train.py asks for.
         net.layer.append(image_label_data_layer(images, labels, batch, is_training,
-                                                o.crop_size, o.mean))
+                                                o.crop_size, o.mean, label_stride=8))
         net.layer.extend(frontend_vgg_layers(o.classes, widths=o.block_widths,
                                              fc_width=o.fc_width))
         scores = "final"

@@ -223,3 +223,21 @@ def test_a_train_py_frontend_trains_and_resumes_bit_identically(tmp_path):
     assert not np.array_equal(middle["final"][0], end["final"][0])
     assert end.keys() == again.keys()
     assert all(np.array_equal(x, y) for name in end for x, y in zip(end[name], again[name]))
+
+
+def test_the_shipped_image_label_twins_differ_from_their_nets_only_in_the_data_layer():
+    from fcnwild.nets.paper_configs import all_files
+    files = {relative: message for relative, message, _ in all_files()}
+    twins = [r for r in files if r.endswith("_imagelabel.prototxt") and "solver" not in r]
+    assert "frontend/train_net_imagelabel.prototxt" in twins and len(twins) == 12
+    for relative in twins:
+        twin, net = files[relative], files[relative.replace("_imagelabel", "")]
+        assert twin.layer[1:] == net.layer[1:], relative
+        seg, data = net.layer[0].segmentation_data_param, twin.layer[0]
+        p, t = data.image_label_data_param, data.transform_param
+        assert (data.type, t.crop_size, t.mirror, p.shuffle, p.batch_size) == (
+            "ImageLabelData", seg.crop_size, seg.mirror, seg.shuffle, seg.batch_size)
+        assert list(t.mean_value) == list(seg.mean)
+        assert list(p.label_slice.dim) == [seg.crop_size - 2 * seg.margin] * 2
+        assert list(p.label_slice.offset) == [seg.margin] * 2
+        assert p.image_list_path.startswith("${") and p.image_list_path.endswith("_IMAGE_LIST}")
