@@ -142,11 +142,14 @@ class _ListDataLayer(_DataLayer):
     """Shared by both layers: list files, the item stream, batches, shards, positions."""
     num_tops = (2, 2)
 
-    def _resolve(self, spec: str, what: str, entry: ListEntry | None = None) -> Path:
+    def _expand(self, spec: str, what: str) -> str:
         try:
-            path = Path(expand_environment(spec))
+            return expand_environment(spec)
         except FcnwildError as err:
-            raise self.error(f"{what}: {err}") from None
+            raise self.error(f"{what}: {err.detail}") from None
+
+    def _resolve(self, spec: str, what: str, entry: ListEntry | None = None) -> Path:
+        path = Path(self._expand(spec, what))
         candidates = [path] if path.is_absolute() else \
             [d / path for d in (self.ctx.base_dir, Path.cwd()) if d is not None]
         for candidate in candidates:
@@ -178,7 +181,8 @@ class _ListDataLayer(_DataLayer):
         if not data:
             raise DatasetError(f"the {what} list names no file", file=lists[0],
                                layer=self.name)
-        directories = (expand_environment(data_dir), expand_environment(label_dir))
+        directories = (self._expand(data_dir, f"{field}.{what}_dir"),
+                       self._expand(label_dir, f"{field}.label_dir"))
         self.files = [tuple(self._resolve(d + e.name, f"{kind} file", e)
                             for d, e, kind in zip(directories, pair, (what, "label")))
                       for pair in zip(data, labels)]
@@ -216,12 +220,12 @@ class _ListDataLayer(_DataLayer):
     def forward(self) -> tuple[Tensor, ...]:
         data, labels = [], []
         for g in self._item_indices():
-            item, label = self._load(self.stream.item(g), self.stream.rng(g))
+            index = self.stream.item(g)
+            item, label = self._load(index, self.stream.rng(g))
             if data and item.shape != data[0].shape:
-                i = self.stream.item(g)
                 raise DatasetError(f"item of shape {item.shape} in a batch whose first item "
                                    f"has shape {data[0].shape}: a batch needs equal sizes",
-                                   file=self.files[i][0], layer=self.name)
+                                   file=self.files[index][0], layer=self.name)
             data.append(item)
             labels.append(label)
         self.consumed += self.batch_size * self.shard[1]
