@@ -6,6 +6,7 @@ from fcnwild.layers import (  # noqa: F401  (imported for registration)
     activation,
     conv,
     data,
+    dilation_data,
     domain,
     dropout,
     eltwise,

@@ -32,11 +32,20 @@ def test_committed_prototxt_files_are_what_the_generator_writes(tmp_path):
 
 @pytest.fixture
 def datasets(tmp_path, monkeypatch):
-    """Tiny GTA5 and Cityscapes trees in the official layouts, named by the env vars."""
+    """Tiny GTA5 and Cityscapes trees in the official layouts, named by the env vars, and
+    image/label lists of them for the ImageLabelData twins."""
     make_gta5(tmp_path / "gta5", frames=4, size=(40, 48))
     make_cityscapes(tmp_path / "cityscapes", "train", {"aachen": 3}, size=(40, 48))
     monkeypatch.setenv("GTA5_ROOT", str(tmp_path / "gta5"))
     monkeypatch.setenv("CITYSCAPES_ROOT", str(tmp_path / "cityscapes"))
+    for stem, images, labels in (
+            ("GTA5_ALL", "gta5/images/*.png", "gta5/labels/*.png"),
+            ("CITYSCAPES_TRAIN", "cityscapes/leftImg8bit/train/*/*.png",
+             "cityscapes/gtFine/train/*/*.png")):
+        for kind, pattern in (("IMAGE", images), ("LABEL", labels)):
+            listed = tmp_path / f"{stem}_{kind}.txt"
+            listed.write_text("\n".join(str(f) for f in sorted(tmp_path.glob(pattern))))
+            monkeypatch.setenv(f"{stem}_{kind}_LIST", str(listed))
     return tmp_path
 
 
