@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from fcnwild.base import caffe_pb2
 from fcnwild.base.blob_proto import read_blob_proto
@@ -265,6 +266,7 @@ class _InfogainLossFunction(torch.autograd.Function):
         return loss, prob
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dloss: Tensor, dprob: Tensor):
         prob, rows, valid, normalizer = ctx.saved_tensors
         grad = prob * rows.sum(1, keepdim=True) - rows
@@ -380,6 +382,7 @@ class _ContrastiveLossFunction(torch.autograd.Function):
         return per_pair.sum() / a.shape[0] / 2
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dloss: Tensor):
         diff, dist_sq, similar = ctx.saved_tensors
         if ctx.legacy:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from fcnwild.base import caffe_pb2
 from fcnwild.layers.axes import count, shape_str
 from fcnwild.layers.base import Layer, Shape
 from fcnwild.layers.fillers import fill
@@ -126,8 +127,7 @@ class _Recurrent(Layer):
         self.expose_hidden = p.expose_hidden
         self.static_input = len(bottom_shapes) > 2 + (len(self.states) if p.expose_hidden else 0)
         x = tuple(bottom_shapes[0])
-        if len(x) < 2:
-            raise self.error(f"x must have at least 2 axes (T, N, ...), got {shape_str(x)}")
+        self._check_x(x)
         if p.num_output == 0:
             raise self.error("recurrent_param.num_output must be > 0")
         self.steps, self.hidden = x[0], p.num_output
@@ -145,13 +145,18 @@ class _Recurrent(Layer):
             self.register_buffer(f"{name}_state", torch.zeros(1, x[1], self.hidden),
                                  persistent=False)
 
-    def add_output_blobs(self, p) -> None:
+    def add_output_blobs(self, p: caffe_pb2.RecurrentParameter) -> None:
         """Params after the recurrent weight (RNN's output layer)."""
+
+    def _check_x(self, x: Shape) -> None:
+        # Caffe's unrolled net projects x with an InnerProduct on axis 2.
+        if len(x) < 3:
+            raise self.error(f"x must have at least 3 axes (T, N, features...), got "
+                             f"{shape_str(x)}")
 
     def reshape(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         x, cont = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
-        if len(x) < 2:
-            raise self.error(f"x must have at least 2 axes (T, N, ...), got {shape_str(x)}")
+        self._check_x(x)
         if x[0] != self.steps:
             raise self.error(f"the number of time steps changed: x is {shape_str(x)}, the layer "
                              f"was set up for T = {self.steps}")
@@ -163,8 +168,8 @@ class _Recurrent(Layer):
             raise self.error(f"cont must be (T, N) = ({steps}, {streams}), got {shape_str(cont)}")
         if self.static_input:
             static = tuple(bottom_shapes[2])
-            if not static or static[0] != streams or count(static, 1) != self.static_inputs:
-                raise self.error(f"x_static must be (N, ...) with N = {streams} and "
+            if len(static) < 2 or static[0] != streams or count(static, 1) != self.static_inputs:
+                raise self.error(f"x_static must be (N, features...) with N = {streams} and "
                                  f"{self.static_inputs} values per stream, got "
                                  f"{shape_str(static)}")
         state_shape = (1, streams, self.hidden)
@@ -179,12 +184,9 @@ class _Recurrent(Layer):
     def forward(self, x: Tensor, cont: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
         self.reshape([x.shape, cont.shape] + [t.shape for t in rest])
         steps, streams = x.shape[:2]
-        static = None
-        if self.static_input:
-            static = F.linear(rest[0].reshape(streams, -1), self.blobs[2])
         projected = F.linear(x.reshape(steps, streams, -1), self.blobs[0], self.blobs[1])
-        if static is not None:
-            projected = projected + static
+        if self.static_input:
+            projected = projected + F.linear(rest[0].reshape(streams, -1), self.blobs[2])
         if self.expose_hidden:
             initial = [t.detach() for t in rest[self.static_input:]]
         else:
@@ -241,7 +243,7 @@ class RNN(_Recurrent):
     o_t = tanh(W_ho h_t + b_o); top o (T, N, H) [, hT]."""
     states = ("h",)
 
-    def add_output_blobs(self, p) -> None:
+    def add_output_blobs(self, p: caffe_pb2.RecurrentParameter) -> None:
         self.add_blob(fill(p.weight_filler, (self.hidden, self.hidden), self.error))
         self.add_blob(fill(p.bias_filler, (self.hidden,), self.error))
 

@@ -71,8 +71,8 @@ def tolerances_of(meta: dict) -> dict[str, Tolerance]:
 
 @dataclass
 class Comparison:
-    kind: str     # forward | params_after_forward | backward | param_diffs | forward_calls/<k>
-                  # | written_file
+    # forward | params_after_forward | backward | param_diffs | forward_calls/<k> | written_file
+    kind: str
     name: str
     shape: tuple[int, ...]
     max_abs_error: float

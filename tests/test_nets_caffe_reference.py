@@ -94,3 +94,39 @@ def test_fcnwild_compare_passes_every_case_at_its_default_tolerances(name, capsy
     table = capsys.readouterr().out
     assert status == 0, table
     assert "forward" in table
+
+
+def test_fcnwild_compare_keeps_its_workdir_when_asked(tmp_path, capsys):
+    from fcnwild.tools.cli import main
+    case = FIXTURES / "infogain_loss_source"
+    status = main(["compare", "--model", str(case / "net.prototxt"), "--weights",
+                   str(case / "weights.caffemodel"), "--reference", str(case / "blobs.h5"),
+                   "--workdir", str(tmp_path / "kept")])
+    assert status == 0, capsys.readouterr().out
+    assert (tmp_path / "kept" / "infogain_H.binaryproto").is_file()
+
+
+def small_net_and_reference(tmp_path: Path, aux: str):
+    text = ('name: "n" layer { name: "in" type: "Input" top: "x" input_param { shape { '
+            'dim: 2 } } } layer { name: "a" type: "AbsVal" bottom: "x" top: "y" }')
+    (tmp_path / "net.prototxt").write_text(text)
+    with h5py.File(tmp_path / "blobs.h5", "w") as h5:
+        h5["inputs/x"] = h5["forward/x"] = [-1.0, 2.0]
+        h5["forward/y"] = [1.0, 2.0]
+        h5[f"aux/{aux}"] = [1.0, 2.0]
+    return Net(tmp_path / "net.prototxt"), tmp_path / "blobs.h5"
+
+
+def test_memory_data_arrays_need_a_memory_data_layer_first(tmp_path):
+    net, reference = small_net_and_reference(tmp_path, "memory_data/data")
+    with pytest.raises(FcnwildError, match="MemoryData layer first"):
+        compare_with_reference(net, reference)
+
+
+def test_a_file_the_net_never_wrote_fails_the_comparison(tmp_path):
+    net, reference = small_net_and_reference(tmp_path, "hdf5_output/data")
+    results = compare_with_reference(net, reference)
+    written = [r for r in results if r.kind == "written_file"]
+    assert [r.passed for r in written] == [False]
+    assert written[0].note == "the net has no HDF5Output layer"
+    assert all(r.passed for r in results if r.kind == "forward")
