@@ -1,0 +1,128 @@
+"""Caffe's DataTransformer: ``transform_param`` applied to one image of a data layer.
+
+Per image, in Caffe's order: draw the mirror flip (``mirror``: with probability
+1/2, in any phase), then the crop offsets (``crop_size``: uniform in TRAIN, the
+centre in TEST), crop, subtract the mean (``mean_file``, a BlobProto the size
+of the uncropped image, or ``mean_value``, one value or one per channel),
+multiply by ``scale`` and flip. Arithmetic is float32, as Caffe's
+``(pixel - mean) * scale``.
+
+Random draws use torch's global generator (Caffe's ``rng() % n`` becomes a
+uniform ``torch.randint``): the Solver seeds it with ``random_seed`` and saves
+and restores its state in snapshots, so seeded runs repeat and resume
+bit-identically.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from fcnwild.base import caffe_pb2
+from fcnwild.base.errors import DatasetError, NetError
+from fcnwild.data.caffe_io import datum_array, read_blob_proto
+from fcnwild.layers.base import TRAIN
+from fcnwild.layers.data import find_input
+
+
+@contextlib.contextmanager
+def in_layer(layer: str) -> Iterator[None]:
+    """Name ``layer`` in the DatasetErrors raised by the file readers inside."""
+    try:
+        yield
+    except DatasetError as err:
+        if err.layer is not None:
+            raise
+        raise DatasetError(err.detail, file=err.file, line=err.line, layer=layer) from None
+
+
+def caffe_rand(n: int) -> int:
+    """Caffe's ``Rand(n)``: uniform in [0, n)."""
+    return int(torch.randint(n, ()))
+
+
+class DataTransformer:
+    """``transform_param`` of layer ``layer``; ``base_dir`` resolves a relative mean_file."""
+
+    def __init__(self, param: caffe_pb2.TransformationParameter, phase: int, *, layer: str,
+                 base_dir: Path | None, source: str | None = None) -> None:
+        self.layer, self.source = layer, source
+        self.phase = phase
+        self.scale = np.float32(param.scale)
+        self.mirror = param.mirror
+        self.crop_size = param.crop_size
+        self.force_color, self.force_gray = param.force_color, param.force_gray
+        if param.HasField("mean_file") and len(param.mean_value):
+            raise self._error("cannot specify mean_file and mean_value at the same time")
+        self.mean_image: np.ndarray | None = None
+        if param.HasField("mean_file"):
+            path = find_input(param.mean_file, base_dir, "mean_file", layer)
+            mean = read_blob_proto(path)
+            if mean.ndim != 4 or mean.shape[0] != 1:
+                raise DatasetError(f"the mean is a blob of shape {mean.shape}; expected "
+                                   "(1, channels, height, width)", file=path, layer=layer)
+            self.mean_image = mean[0]
+        self.mean_values = np.asarray(param.mean_value, np.float32)
+
+    def _error(self, message: str) -> NetError:
+        return NetError(message, layer=self.layer, file=self.source)
+
+    def decode(self, datum: caffe_pb2.Datum, where: str) -> np.ndarray:
+        """A Datum's image (C, H, W); ``force_color``/``force_gray`` apply to encoded ones."""
+        if datum.encoded and self.force_color and self.force_gray:
+            raise self._error("cannot set both force_color and force_gray")
+        color = True if self.force_color else False if self.force_gray else None
+        return datum_array(datum, where, color=color)
+
+    def output_shape(self, image_shape: tuple[int, ...], where: str) -> tuple[int, int, int]:
+        """Caffe's InferBlobShape for one (C, H, W) image: the crop replaces H and W."""
+        channels, height, width = image_shape
+        if self.crop_size and (height < self.crop_size or width < self.crop_size):
+            raise DatasetError(f"image of {height}x{width} is smaller than crop_size "
+                               f"{self.crop_size}", file=where, layer=self.layer)
+        if self.crop_size:
+            return channels, self.crop_size, self.crop_size
+        return channels, height, width
+
+    def __call__(self, image: np.ndarray, where: str) -> np.ndarray:
+        """Transform one (C, H, W) image (uint8 or float32) into a float32 (C, h, w) array;
+        ``where`` names the file or record in errors."""
+        channels, height, width = image.shape
+        self._check_mean(image.shape, where)
+        out_c, out_h, out_w = self.output_shape(image.shape, where)
+        do_mirror = self.mirror and caffe_rand(2) == 1
+        h_off = w_off = 0
+        if self.crop_size:
+            if self.phase == TRAIN:
+                h_off = caffe_rand(height - self.crop_size + 1)
+                w_off = caffe_rand(width - self.crop_size + 1)
+            else:
+                h_off = (height - self.crop_size) // 2
+                w_off = (width - self.crop_size) // 2
+        window = (slice(None), slice(h_off, h_off + out_h), slice(w_off, w_off + out_w))
+        out = image[window].astype(np.float32)
+        if self.mean_image is not None:
+            out -= self.mean_image[window]
+        elif self.mean_values.size:
+            out -= self.channel_means(channels)[:, None, None]
+        if self.scale != 1:
+            out *= self.scale
+        if do_mirror:
+            out = out[:, :, ::-1]
+        return np.ascontiguousarray(out)
+
+    def channel_means(self, channels: int) -> np.ndarray:
+        """``mean_value`` per channel (one value is used for every channel)."""
+        if self.mean_values.size not in (1, channels):
+            raise self._error(f"{self.mean_values.size} mean_value(s) for {channels}-channel "
+                              "images; give one, or one per channel")
+        return np.broadcast_to(self.mean_values, (channels,))
+
+    def _check_mean(self, shape: tuple[int, ...], where: str) -> None:
+        if self.mean_image is not None and self.mean_image.shape != tuple(shape):
+            raise DatasetError(f"the mean_file's mean is {self.mean_image.shape} (C, H, W); "
+                               f"this image is {tuple(shape)}: the mean must be as large as "
+                               "the uncropped image", file=where, layer=self.layer)
