@@ -20,6 +20,9 @@ from fcnwild.base.errors import DatasetError
 
 LMDB, LEVELDB = "LMDB", "LEVELDB"
 _BINDINGS = {LMDB: ("lmdb", "lmdb"), LEVELDB: ("plyvel", "plyvel")}
+# Both bindings open a store once per process: readers of one store (a train and a
+# test net, say) share the handle, each with its own cursor. Values: [handle, users].
+_OPEN: dict[tuple[str, Path], list] = {}
 
 
 def _binding(backend: str, path: Path) -> ModuleType:
@@ -44,17 +47,27 @@ class DatumStore:
             raise DatasetError(f"the {backend} store {what}; expected the store's folder",
                                file=path)
         binding = self._binding = _binding(backend, self.path)
+        self._handle_key = (backend, self.path.resolve())
+        self._closed = True
+        entry = None
         try:
+            entry = _OPEN.get(self._handle_key)
+            if entry is None:
+                entry = _OPEN[self._handle_key] = [
+                    binding.open(str(self.path), readonly=True, lock=False) if backend == LMDB
+                    else binding.DB(str(self.path), create_if_missing=False), 0]
             if backend == LMDB:
-                self._env = binding.open(str(self.path), readonly=True, lock=False)
-                self._txn = self._env.begin(buffers=False)
+                self._txn = entry[0].begin(buffers=False)
                 self._cursor = self._txn.cursor()
             else:
-                self._env = binding.DB(str(self.path), create_if_missing=False)
-                self._cursor = self._env.iterator()
+                self._cursor = entry[0].iterator()
         except (binding.Error, OSError) as err:
+            if entry is not None and not entry[1]:
+                _OPEN.pop(self._handle_key)[0].close()
             raise DatasetError(f"cannot open the {backend} store ({err})",
                                file=path) from None
+        entry[1] += 1
+        self._closed = False
         self.key: bytes = b""
         self.value: bytes = b""
         if not self.seek_first():
@@ -107,11 +120,22 @@ class DatumStore:
         return True
 
     def close(self) -> None:
+        """Release the cursor (the store itself closes with its last reader)."""
+        if self._closed:
+            return
+        self._closed = True
         if self.backend == LMDB:
             self._txn.abort()
         else:
             self._cursor.close()
-        self._env.close()
+        entry = _OPEN[self._handle_key]
+        entry[1] -= 1
+        if not entry[1]:
+            _OPEN.pop(self._handle_key)[0].close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()
 
     def where(self, key: bytes | None = None) -> str:
         """The store and a record key, for error messages."""
