@@ -15,6 +15,7 @@ bit-identically.
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +28,9 @@ from fcnwild.data.caffe_io import datum_array, read_blob_proto
 from fcnwild.layers.base import TRAIN
 from fcnwild.layers.data import find_input
 
+log = logging.getLogger("fcnwild.layers")
+_LEGACY_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
+
 
 @contextlib.contextmanager
 def in_layer(layer: str) -> Iterator[None]:
@@ -37,6 +41,15 @@ def in_layer(layer: str) -> Iterator[None]:
         if err.layer is not None:
             raise
         raise DatasetError(err.detail, file=err.file, line=err.line, layer=layer) from None
+
+
+def warn_legacy_fields(param, layer: str, *, used: tuple[str, ...] = ()) -> None:
+    """Caffe ignores the transformation fields of a layer's own ``*_param`` (only the V1
+    upgrade moves them to ``transform_param``); say so rather than ignore them silently."""
+    for field in _LEGACY_FIELDS:
+        if field not in used and param.HasField(field):
+            log.warning("layer '%s': %s.%s is ignored, as in Caffe; set "
+                        "transform_param.%s instead", layer, param.DESCRIPTOR.name, field, field)
 
 
 def caffe_rand(n: int) -> int:
@@ -92,7 +105,7 @@ class DataTransformer:
         ``where`` names the file or record in errors."""
         channels, height, width = image.shape
         self._check_mean(image.shape, where)
-        out_c, out_h, out_w = self.output_shape(image.shape, where)
+        _, out_h, out_w = self.output_shape(image.shape, where)
         do_mirror = self.mirror and caffe_rand(2) == 1
         h_off = w_off = 0
         if self.crop_size:

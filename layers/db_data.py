@@ -5,9 +5,9 @@ key order and the cursor wraps from the last to the first. Each record goes
 through the layer's DataTransformer (``transform_param``); encoded records are
 decoded with OpenCV. A batch takes its image size from its first record, as
 Caffe does; a later record of another size is an error. ``data_param.rand_skip``
-is ignored, as in Caffe at this version, and the legacy ``scale``/``mean_file``/
-``crop_size``/``mirror`` of ``data_param`` only act through the V1 upgrade into
-``transform_param``. Reading is synchronous; Caffe's ``prefetch`` queue is a
+is ignored, as in Caffe at this version, and so are the legacy ``scale``/
+``mean_file``/``crop_size``/``mirror`` of ``data_param`` (a V1 net's are upgraded into
+``transform_param``). Reading is synchronous; Caffe's ``prefetch`` queue is a
 performance detail and has no effect on the batches.
 
 Data-parallel training: after ``set_shard(r, n)`` a TRAIN layer keeps records r,
@@ -28,7 +28,7 @@ from fcnwild.data.caffe_db import LEVELDB, LMDB, DatumStore
 from fcnwild.data.caffe_io import parse_datum
 from fcnwild.layers.base import TEST, Shape
 from fcnwild.layers.data import _DataLayer, find_input
-from fcnwild.layers.data_transformer import DataTransformer, in_layer
+from fcnwild.layers.data_transformer import DataTransformer, in_layer, warn_legacy_fields
 from fcnwild.layers.registry import register
 
 _BACKENDS = {caffe_pb2.DataParameter.LMDB: LMDB, caffe_pb2.DataParameter.LEVELDB: LEVELDB}
@@ -45,6 +45,7 @@ class Data(_DataLayer):
         if p.batch_size == 0:
             raise self.error("data_param.batch_size must be > 0")
         self.batch_size = p.batch_size
+        warn_legacy_fields(p, self.name)
         self.transformer = DataTransformer(self.param.transform_param, self.phase,
                                            layer=self.name, base_dir=self.ctx.base_dir,
                                            source=self.ctx.source)
@@ -94,8 +95,7 @@ class Data(_DataLayer):
                 raise DatasetError(f"record of shape {image.shape} (C, H, W) in a batch whose "
                                    f"first record is {first_shape}; a batch needs records of "
                                    "one size", file=where, layer=self.name)
-            with in_layer(self.name):
-                images.append(self.transformer(image, where))
+            images.append(self.transformer(image, where))
             self._next()
         while self.offset % self.shard_count:      # past the other ranks' records
             self._next()

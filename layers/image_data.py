@@ -22,7 +22,12 @@ from fcnwild.base.errors import DatasetError
 from fcnwild.data.caffe_io import read_image
 from fcnwild.layers.base import Shape
 from fcnwild.layers.data import _DataLayer, find_input
-from fcnwild.layers.data_transformer import DataTransformer, caffe_rand, in_layer
+from fcnwild.layers.data_transformer import (
+    DataTransformer,
+    caffe_rand,
+    in_layer,
+    warn_legacy_fields,
+)
 from fcnwild.layers.registry import register
 
 
@@ -39,6 +44,7 @@ class ImageData(_DataLayer):
         if not p.source:
             raise self.error("image_data_param.source is not set")
         self.batch_size = p.batch_size
+        warn_legacy_fields(p, self.name)
         self.transformer = DataTransformer(self.param.transform_param, self.phase,
                                            layer=self.name, base_dir=self.ctx.base_dir,
                                            source=self.ctx.source)
@@ -112,8 +118,7 @@ class ImageData(_DataLayer):
                                    f"first image is {first_shape}; set new_height/new_width "
                                    "or batch_size 1 for images of different sizes",
                                    file=where, layer=self.name)
-            with in_layer(self.name):
-                images.append(self.transformer(image, where))
+            images.append(self.transformer(image, where))
             self.line_id += 1
             if self.line_id == len(self.lines):
                 self.line_id = 0

@@ -36,7 +36,12 @@ from fcnwild.base.errors import DatasetError
 from fcnwild.data.caffe_io import decode_image, resize
 from fcnwild.layers.base import Shape
 from fcnwild.layers.data import _DataLayer, find_input
-from fcnwild.layers.data_transformer import DataTransformer, caffe_rand, in_layer
+from fcnwild.layers.data_transformer import (
+    DataTransformer,
+    caffe_rand,
+    in_layer,
+    warn_legacy_fields,
+)
 from fcnwild.layers.registry import register
 
 _F32 = np.float32
@@ -102,6 +107,7 @@ class WindowData(_DataLayer):
             raise self.error("window_data_param.batch_size must be > 0")
         if p.crop_mode not in ("warp", "square"):
             raise self.error(f"crop_mode {p.crop_mode!r}: expected \"warp\" or \"square\"")
+        warn_legacy_fields(p, self.name, used=("scale",))
         self.transformer = DataTransformer(self.param.transform_param, self.phase,
                                            layer=self.name, base_dir=self.ctx.base_dir,
                                            source=self.ctx.source)

@@ -225,11 +225,11 @@ def _store(path: Path, backend: str, records: dict[bytes, bytes]) -> Path:
 
 
 def _data_layer(source: Path, backend: str, batch: int, *, tops: int = 2, phase: int = TEST,
-                transform: str = "") -> "torch.nn.Module":
+                transform: str = "") -> torch.nn.Module:
     label = ' top: "label"' if tops == 2 else ""
-    return make_layer(f'name: "d" type: "Data" top: "data"{label} transform_param {{ {transform} }} '
-                      f'data_param {{ source: "{source}" backend: {backend} batch_size: {batch} }}',
-                      [], phase=phase)
+    return make_layer(f'name: "d" type: "Data" top: "data"{label} '
+                      f'transform_param {{ {transform} }} data_param {{ source: "{source}" '
+                      f'backend: {backend} batch_size: {batch} }}', [], phase=phase)
 
 
 @pytest.mark.parametrize("backend", ["LMDB", "LEVELDB"])
@@ -243,7 +243,7 @@ def test_data_layer_reads_raw_float_and_encoded_datums_in_key_order(tmp_path, ba
     layer = _data_layer(source, backend, batch=3, transform="mean_value: 100")
     assert layer.reshape([]) == [(3, 3, 5, 6), (3,)]
     stream = [image.astype(np.float32) - 100 for image in images]
-    for call, rows in enumerate([[0, 1, 2], [3, 0, 1], [2, 3, 0]]):
+    for rows in [[0, 1, 2], [3, 0, 1], [2, 3, 0]]:
         data, label = layer()
         np.testing.assert_array_equal(data.numpy(), np.stack([stream[r] for r in rows]))
         np.testing.assert_array_equal(label.numpy(), [10 + r for r in rows])
