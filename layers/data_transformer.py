@@ -5,7 +5,9 @@ Per image, in Caffe's order: draw the mirror flip (``mirror``: with probability
 centre in TEST), crop, subtract the mean (``mean_file``, a BlobProto the size
 of the uncropped image, or ``mean_value``, one value or one per channel),
 multiply by ``scale`` and flip. Arithmetic is float32, as Caffe's
-``(pixel - mean) * scale``.
+``(pixel - mean) * scale``. That arithmetic is elementwise, so ``prepare`` does it
+on the whole image (where a prefetch thread may run it) and ``batch`` then draws
+and applies the crops and flips, in order, on the caller's thread.
 
 Random draws use torch's global generator (Caffe's ``rng() % n`` becomes a
 uniform ``torch.randint``): the Solver seeds it with ``random_seed`` and saves
@@ -17,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -90,6 +92,10 @@ class DataTransformer:
         color = True if self.force_color else False if self.force_gray else None
         return datum_array(datum, where, color=color)
 
+    def prepare_datum(self, datum: caffe_pb2.Datum, where: str) -> np.ndarray:
+        """``prepare`` of a Datum's decoded image."""
+        return self.prepare(self.decode(datum, where), where)
+
     def output_shape(self, image_shape: tuple[int, ...], where: str) -> tuple[int, int, int]:
         """Caffe's InferBlobShape for one (C, H, W) image: the crop replaces H and W."""
         channels, height, width = image_shape
@@ -103,29 +109,44 @@ class DataTransformer:
     def __call__(self, image: np.ndarray, where: str) -> np.ndarray:
         """Transform one (C, H, W) image (uint8 or float32) into a float32 (C, h, w) array;
         ``where`` names the file or record in errors."""
-        channels, height, width = image.shape
+        return self.batch([self.prepare(image, where)])[0]
+
+    def prepare(self, image: np.ndarray, where: str) -> np.ndarray:
+        """``(pixel - mean) * scale`` over the whole (C, H, W) image, as float32: the part of
+        the transform that draws nothing (elementwise, so the same as after the crop)."""
         self._check_mean(image.shape, where)
-        _, out_h, out_w = self.output_shape(image.shape, where)
+        self.output_shape(image.shape, where)
+        out = image.astype(np.float32)
+        if self.mean_image is not None:
+            out -= self.mean_image
+        elif self.mean_values.size:
+            out -= self.channel_means(image.shape[0])[:, None, None]
+        if self.scale != 1:
+            out *= self.scale
+        return out
+
+    def batch(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        """Crop and flip prepared images of one shape, drawing in order, into a
+        float32 (N, C, h, w) batch."""
+        windows = [self._window(image.shape) for image in prepared]
+        return np.stack([image[crop][:, :, ::-1] if mirror else image[crop]
+                         for image, (crop, mirror) in zip(prepared, windows)])
+
+    def _window(self, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], bool]:
+        """Draw one image's mirror flip, then its crop (Caffe's order): the crop's slices."""
+        _, height, width = shape
         do_mirror = self.mirror and caffe_rand(2) == 1
         h_off = w_off = 0
+        out_h, out_w = height, width
         if self.crop_size:
+            out_h = out_w = self.crop_size
             if self.phase == TRAIN:
                 h_off = caffe_rand(height - self.crop_size + 1)
                 w_off = caffe_rand(width - self.crop_size + 1)
             else:
                 h_off = (height - self.crop_size) // 2
                 w_off = (width - self.crop_size) // 2
-        window = (slice(None), slice(h_off, h_off + out_h), slice(w_off, w_off + out_w))
-        out = image[window].astype(np.float32)
-        if self.mean_image is not None:
-            out -= self.mean_image[window]
-        elif self.mean_values.size:
-            out -= self.channel_means(channels)[:, None, None]
-        if self.scale != 1:
-            out *= self.scale
-        if do_mirror:
-            out = out[:, :, ::-1]
-        return np.ascontiguousarray(out)
+        return (slice(None), slice(h_off, h_off + out_h), slice(w_off, w_off + out_w)), do_mirror
 
     def channel_means(self, channels: int) -> np.ndarray:
         """``mean_value`` per channel (one value is used for every channel)."""

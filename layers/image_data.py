@@ -107,24 +107,22 @@ class ImageData(_DataLayer):
         return [self.top_shape, (self.batch_size,)]
 
     def forward(self) -> tuple[Tensor, ...]:
-        images, labels = [], np.empty(self.batch_size, np.float32)
-        first_shape = None
+        images, wheres, labels = [], [], np.empty(self.batch_size, np.float32)
         for item in range(self.batch_size):
             image, labels[item] = self._image(self.line_id)
-            first_shape = first_shape or image.shape
-            where = self._where(self.line_id)
-            if image.shape != first_shape:
+            wheres.append(self._where(self.line_id))
+            if images and image.shape != images[0].shape:
                 raise DatasetError(f"image of shape {image.shape} (C, H, W) in a batch whose "
-                                   f"first image is {first_shape}; set new_height/new_width "
+                                   f"first image is {images[0].shape}; set new_height/new_width "
                                    "or batch_size 1 for images of different sizes",
-                                   file=where, layer=self.name)
-            images.append(self.transformer(image, where))
+                                   file=wheres[-1], layer=self.name)
+            images.append(self.transformer.prepare(image, wheres[-1]))
             self.line_id += 1
             if self.line_id == len(self.lines):
                 self.line_id = 0
                 if self.order is not None:
                     self.order = torch.randperm(len(self.lines))
-        return (self._like_net(torch.from_numpy(np.stack(images))),
+        return (self._like_net(torch.from_numpy(self.transformer.batch(images))),
                 self._like_net(torch.from_numpy(labels)))
 
     # --- resumable position (used by the Solver's snapshots) ---------------------------

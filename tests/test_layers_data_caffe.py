@@ -3,8 +3,10 @@ DataTransformer: Caffe's recorded batches through the Net, the transform's seman
 randomness, generated LMDB/LevelDB stores, bad input, and resumable positions."""
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import cv2
@@ -225,11 +227,12 @@ def _store(path: Path, backend: str, records: dict[bytes, bytes]) -> Path:
 
 
 def _data_layer(source: Path, backend: str, batch: int, *, tops: int = 2, phase: int = TEST,
-                transform: str = "") -> torch.nn.Module:
+                transform: str = "", prefetch: int = 4) -> torch.nn.Module:
     label = ' top: "label"' if tops == 2 else ""
     return make_layer(f'name: "d" type: "Data" top: "data"{label} '
                       f'transform_param {{ {transform} }} data_param {{ source: "{source}" '
-                      f'backend: {backend} batch_size: {batch} }}', [], phase=phase)
+                      f'backend: {backend} batch_size: {batch} prefetch: {prefetch} }}', [],
+                      phase=phase)
 
 
 @pytest.mark.parametrize("backend", ["LMDB", "LEVELDB"])
@@ -277,24 +280,27 @@ def test_encoded_datums_decode_as_caffe_decodes_them(tmp_path) -> None:
 
 
 def test_data_layer_crops_and_mirrors_at_random_in_train(tmp_path) -> None:
-    images = [_image(h=8, w=8, seed=s) for s in range(2)]
+    images = [_image(h=8, w=8, seed=s) for s in range(3)]
     source = _store(tmp_path / "db", "LMDB", {
         str(i).encode(): _datum(image, i).SerializeToString() for i, image in enumerate(images)})
     torch.manual_seed(0)
     layer = _data_layer(source, "LMDB", batch=2, phase=TRAIN,
                         transform="crop_size: 5 mirror: true")
-    batches = [layer()[0].numpy() for _ in range(30)]
-    assert len({b.tobytes() for b in batches}) > 20
-    for batch in batches:
-        for image, out in zip(images, batch):
-            windows = [image[:, r:r + 5, c:c + 5] for r in range(4) for c in range(4)]
+    batches = [layer() for _ in range(30)]
+    assert len({b[0].numpy().tobytes() for b in batches}) > 20
+    for batch, labels in batches:
+        for out, label in zip(batch.numpy(), labels.int().tolist()):
+            windows = [images[label][:, r:r + 5, c:c + 5] for r in range(4) for c in range(4)]
             assert any(np.array_equal(out, w) or np.array_equal(out, w[:, :, ::-1])
                        for w in windows)
-    torch.manual_seed(0)
-    again = _data_layer(source, "LMDB", batch=2, phase=TRAIN,
-                        transform="crop_size: 5 mirror: true")
-    for batch in batches:
-        np.testing.assert_array_equal(again()[0].numpy(), batch)
+    # The same seed draws the same crops, whether the records are read ahead or not.
+    for prefetch in (0, 1):
+        torch.manual_seed(0)
+        again = _data_layer(source, "LMDB", batch=2, phase=TRAIN,
+                            transform="crop_size: 5 mirror: true", prefetch=prefetch)
+        for batch, labels in batches:
+            data, label = again()
+            assert torch.equal(data, batch) and torch.equal(label, labels)
 
 
 def test_data_layer_shards_records_between_ranks(tmp_path) -> None:
@@ -310,6 +316,21 @@ def test_data_layer_shards_records_between_ranks(tmp_path) -> None:
     assert seen == [[[0, 2], [4, 6], [1, 3]], [[1, 3], [5, 0], [2, 4]]]
 
 
+def test_prefetch_thread_ends_with_its_layer(tmp_path) -> None:
+    source = _store(tmp_path / "db", "LMDB", {b"0": _datum(_image(), 0).SerializeToString()})
+
+    def prefetching() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "fcnwild-data-prefetch"]
+
+    layer = _data_layer(source, "LMDB", batch=2)
+    assert not prefetching()              # nothing starts before the first forward
+    layer()
+    assert len(prefetching()) == 1
+    del layer
+    gc.collect()
+    assert not prefetching()
+
+
 def test_data_layer_position_continues_the_stream(tmp_path) -> None:
     source = _store(tmp_path / "db", "LEVELDB", {
         str(i).encode(): _datum(np.full((1, 1, 1), i, np.uint8), i).SerializeToString()
@@ -318,8 +339,7 @@ def test_data_layer_position_continues_the_stream(tmp_path) -> None:
     layer(), layer()
     position = json.loads(json.dumps(layer.state_dict_position()))
     expected = [layer()[1].tolist() for _ in range(3)]
-    layer.store.close()
-    fresh = _data_layer(source, "LEVELDB", batch=2)
+    fresh = _data_layer(source, "LEVELDB", batch=2)       # the store is shared, not reopened
     fresh.load_state_dict_position(position)
     assert [fresh()[1].tolist() for _ in range(3)] == expected == [[4, 0], [1, 2], [3, 4]]
     with pytest.raises(DatasetError, match="does not hold"):
@@ -458,8 +478,9 @@ def test_empty_store_and_corrupt_records_are_errors(tmp_path) -> None:
         source = _store(tmp_path / key.decode(), "LMDB", {b"k0": good, key: value})
         layer = _data_layer(source, "LMDB", batch=1)
         layer()
-        with pytest.raises(DatasetError, match=rf"record {key!r}\), layer 'd': .*{message}"):
-            layer()
+        for _ in range(2):          # read ahead, the error waits for the batch it is in
+            with pytest.raises(DatasetError, match=rf"record {key!r}\), layer 'd': .*{message}"):
+                layer()
 
 
 def test_image_list_errors_name_the_list_line(tmp_path) -> None:
