@@ -60,9 +60,8 @@ class ImageData(_DataLayer):
                                    layer=self.name)
             self.line_id = skip
         image = self._image(self.line_id)[0]
-        with in_layer(self.name):
-            self.top_shape = (self.batch_size,) + self.transformer.output_shape(
-                image.shape, self._where(self.line_id))
+        self.top_shape = (self.batch_size,) + self.transformer.output_shape(
+            image.shape, self._where(self.line_id))
 
     def _read_list(self) -> list[tuple[str, int, int]]:
         """(path, label, line number) per non-blank line of the list."""

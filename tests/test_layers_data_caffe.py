@@ -435,6 +435,24 @@ def test_window_data_draws_background_then_foreground_windows(tmp_path) -> None:
     assert set(labels[:, 2:].ravel()) == {1, 2}            # the 0.4 window is dropped
 
 
+def test_window_data_caches_images_and_mirrors_windows(tmp_path) -> None:
+    _window_case(tmp_path, "2\n1 0.9 2 1 9 10\n0 0.1 0 0 13 11\n")
+    unmirrored = _window_layer(tmp_path, "fg_fraction: 0.5",
+                               "crop_size: 6 mean_value: 50")()[0].numpy()
+    layer = _window_layer(tmp_path, "cache_images: true fg_fraction: 0.5",
+                          "crop_size: 6 mirror: true mean_value: 50")
+    (tmp_path / "a.png").unlink()              # cached at setup: never read again
+    torch.manual_seed(1)
+    flipped = 0
+    for _ in range(20):
+        out = layer()[0].numpy()
+        for item in range(4):
+            if not np.array_equal(out[item], unmirrored[item]):
+                np.testing.assert_array_equal(out[item], unmirrored[item][:, :, ::-1])
+                flipped += 1
+    assert 20 < flipped < 60                    # 80 windows, each flipped with probability 1/2
+
+
 @pytest.mark.parametrize("windows, message", [
     ("1\n1 0.9 0 0 5\n", r"windows.txt:7.*the file ends where a window's y2 was expected"),
     ("1\n1 0.9 0 0 5 x\n", r"windows.txt:7.*expected a window's y2 \(int\), found 'x'"),
