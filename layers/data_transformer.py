@@ -31,7 +31,9 @@ from fcnwild.layers.base import TRAIN
 from fcnwild.layers.data import find_input
 
 log = logging.getLogger("fcnwild.layers")
-_LEGACY_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
+# Fields of a layer's own *_param that Caffe ignores -> the transform_param field meant.
+_LEGACY_FIELDS = {"scale": "scale", "mean_file": "mean_file", "crop_size": "crop_size",
+                  "mirror": "mirror", "force_encoded_color": "force_color"}
 
 
 @contextlib.contextmanager
@@ -45,13 +47,15 @@ def in_layer(layer: str) -> Iterator[None]:
         raise DatasetError(err.detail, file=err.file, line=err.line, layer=layer) from None
 
 
-def warn_legacy_fields(param, layer: str, *, used: tuple[str, ...] = ()) -> None:
-    """Caffe ignores the transformation fields of a layer's own ``*_param`` (only the V1
-    upgrade moves them to ``transform_param``); say so rather than ignore them silently."""
-    for field in _LEGACY_FIELDS:
-        if field not in used and param.HasField(field):
+def warn_legacy_fields(param, name: str, layer: str, *, used: tuple[str, ...] = ()) -> None:
+    """Caffe ignores the transformation fields of a layer's own ``*_param`` ``name`` (only
+    the V1 upgrade moves them to ``transform_param``); say so rather than ignore them
+    silently."""
+    for field, meant in _LEGACY_FIELDS.items():
+        if field not in used and field in param.DESCRIPTOR.fields_by_name and \
+                param.HasField(field):
             log.warning("layer '%s': %s.%s is ignored, as in Caffe; set "
-                        "transform_param.%s instead", layer, param.DESCRIPTOR.name, field, field)
+                        "transform_param.%s instead", layer, name, field, meant)
 
 
 def caffe_rand(n: int) -> int:

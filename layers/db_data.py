@@ -5,9 +5,9 @@ key order and the cursor wraps from the last to the first. Each record goes
 through the layer's DataTransformer (``transform_param``); encoded records are
 decoded with OpenCV. A batch takes its image size from its first record, as
 Caffe does; a later record of another size is an error. ``data_param.rand_skip``
-is ignored, as in Caffe at this version, and so are the legacy ``scale``/
-``mean_file``/``crop_size``/``mirror`` of ``data_param`` (a V1 net's are upgraded into
-``transform_param``).
+is ignored, as in Caffe at this version, and so are ``force_encoded_color`` (see
+``transform_param.force_color``) and the legacy ``scale``/``mean_file``/``crop_size``/
+``mirror`` of ``data_param`` (a V1 net's are upgraded into ``transform_param``).
 
 Prefetching (``data_param.prefetch`` batches, Caffe's default 4; 0 reads in the
 forward): a background thread reads, decodes and prepares (mean, scale) the records
@@ -156,7 +156,7 @@ class Data(_DataLayer):
         if p.batch_size == 0:
             raise self.error("data_param.batch_size must be > 0")
         self.batch_size, self.prefetch = p.batch_size, p.prefetch
-        warn_legacy_fields(p, self.name)
+        warn_legacy_fields(p, "data_param", self.name)
         self.transformer = DataTransformer(self.param.transform_param, self.phase,
                                            layer=self.name, base_dir=self.ctx.base_dir,
                                            source=self.ctx.source)

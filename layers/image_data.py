@@ -44,7 +44,7 @@ class ImageData(_DataLayer):
         if not p.source:
             raise self.error("image_data_param.source is not set")
         self.batch_size = p.batch_size
-        warn_legacy_fields(p, self.name)
+        warn_legacy_fields(p, "image_data_param", self.name)
         self.transformer = DataTransformer(self.param.transform_param, self.phase,
                                            layer=self.name, base_dir=self.ctx.base_dir,
                                            source=self.ctx.source)

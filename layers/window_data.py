@@ -107,7 +107,7 @@ class WindowData(_DataLayer):
             raise self.error("window_data_param.batch_size must be > 0")
         if p.crop_mode not in ("warp", "square"):
             raise self.error(f"crop_mode {p.crop_mode!r}: expected \"warp\" or \"square\"")
-        warn_legacy_fields(p, self.name, used=("scale",))
+        warn_legacy_fields(p, "window_data_param", self.name, used=("scale",))
         self.transformer = DataTransformer(self.param.transform_param, self.phase,
                                            layer=self.name, base_dir=self.ctx.base_dir,
                                            source=self.ctx.source)

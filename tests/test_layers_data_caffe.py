@@ -529,6 +529,17 @@ def test_image_data_rejects_mixed_sizes_without_resizing(tmp_path) -> None:
     assert data.shape == (2, 3, 3, 4)
 
 
+def test_fields_caffe_ignores_are_reported(tmp_path, caplog) -> None:
+    source = _store(tmp_path / "db", "LMDB", {b"0": _datum(_image(), 0).SerializeToString()})
+    with caplog.at_level("WARNING", logger="fcnwild.layers"):
+        layer = make_layer(f'name: "d" type: "Data" top: "data" data_param {{ '
+                           f'source: "{source}" backend: LMDB batch_size: 1 crop_size: 2 '
+                           'force_encoded_color: true }', [])
+    assert layer.reshape([]) == [(1, 3, 6, 7)]        # no crop: Caffe ignores data_param's
+    assert "data_param.crop_size is ignored" in caplog.text
+    assert "set transform_param.force_color instead" in caplog.text
+
+
 def test_layer_parameters_are_checked_at_setup(tmp_path) -> None:
     _image_list(tmp_path, 1)
     with pytest.raises(NetError, match="new_height and new_width must be set together"):
