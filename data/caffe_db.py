@@ -81,8 +81,8 @@ class DatumStore:
         self._cursor.seek_to_start()
         return self._leveldb_next()
 
-    def next(self) -> bool:
-        """Move to the next record, wrapping to the first; True when it wrapped."""
+    def next(self) -> None:
+        """Move to the next record, wrapping from the last to the first."""
         try:
             moved = self._lmdb_here(self._cursor.next()) if self.backend == LMDB else \
                 self._leveldb_next()
@@ -91,7 +91,6 @@ class DatumStore:
         except (self._binding.Error, OSError) as err:
             raise DatasetError(f"cannot read the record after {self.key!r} ({err})",
                                file=self.path) from None
-        return not moved
 
     def seek(self, key: bytes) -> bool:
         """Move to the record ``key``; False (cursor unchanged) when there is none."""
