@@ -42,6 +42,9 @@ setup(
         "opencv-python-headless>=4.5",
         # Progress bars for training, evaluation and the demo.
         "tqdm>=4.60",
+        # Caffe's Data layer reads its Datum records from LMDB or LevelDB stores.
+        "lmdb>=1.4",
+        "plyvel>=1.5",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "cityscapesscripts>=2.2", "pydot>=1.4"],
