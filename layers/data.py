@@ -21,6 +21,21 @@ from fcnwild.layers.fillers import fill
 from fcnwild.layers.registry import register
 
 
+def find_input(path: str | Path, first_dir: Path | None, what: str, layer: str, *,
+               folder: bool = False) -> Path:
+    """An input file (or ``folder``) a layer names: a relative path is looked up in
+    ``first_dir`` (the prototxt's folder, or a list file's), then in the working
+    directory, where Caffe looks."""
+    path = Path(path)
+    candidates = [path] if path.is_absolute() else \
+        [d / path for d in (first_dir, Path.cwd()) if d is not None]
+    for candidate in candidates:
+        if candidate.is_dir() if folder else candidate.is_file():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise DatasetError(f"{what} not found (tried {tried})", file=path, layer=layer)
+
+
 class _DataLayer(Layer):
     num_bottoms = (0, 0)
     num_tops = (1, None)
@@ -130,7 +145,8 @@ class HDF5Data(_DataLayer):
             raise self.error("hdf5_data_param.batch_size must be > 0")
         self.batch_size, self.shuffle = p.batch_size, p.shuffle
         self.shard_rank, self.shard_count = 0, 1
-        self.list_path = self._resolve(Path(p.source), self.ctx.base_dir, "HDF5 source list")
+        self.list_path = find_input(p.source, self.ctx.base_dir, "HDF5 source list",
+                                    self.name)
         try:
             names = self.list_path.read_text().split()
         except (OSError, UnicodeDecodeError) as err:
@@ -139,19 +155,10 @@ class HDF5Data(_DataLayer):
         if not names:
             raise DatasetError("the HDF5 source list names no .h5 file", file=self.list_path,
                                layer=self.name)
-        self.files = [self._resolve(Path(n), self.list_path.parent, "HDF5 file") for n in names]
+        self.files = [find_input(n, self.list_path.parent, "HDF5 file", self.name) for n in names]
         self.file_order = self._permutation(len(self.files))
         self.reset()
         self.row_shapes = [tuple(d.shape[1:]) for d in self.datasets]
-
-    def _resolve(self, path: Path, first_dir: Path | None, what: str) -> Path:
-        candidates = [path] if path.is_absolute() else \
-            [d / path for d in (first_dir, Path.cwd()) if d is not None]
-        for candidate in candidates:
-            if candidate.is_file():
-                return candidate
-        tried = ", ".join(str(c) for c in candidates)
-        raise DatasetError(f"{what} not found (tried {tried})", file=path, layer=self.name)
 
     def _permutation(self, n: int) -> Tensor:
         return torch.randperm(n) if self.shuffle else torch.arange(n)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from fcnwild.base.errors import FcnwildError
+from fcnwild.data.class_stats import load_class_stats
 from fcnwild.layers.base import Layer, Shape
 from fcnwild.layers.constraint_solver import (
     predicted_present,
@@ -79,7 +80,6 @@ class ConstrainedMILLoss(Layer):
     no_grad_bottoms = (1,)
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
-        from fcnwild.data.class_stats import load_class_stats
         p = self.param.constrained_mil_param
         if len(bottom_shapes[0]) < 3:
             raise self.error(f"scores must be (N, C, H, W), got {tuple(bottom_shapes[0])}")

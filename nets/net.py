@@ -36,6 +36,14 @@ from fcnwild.nets.netstate import filter_net, make_state
 from fcnwild.nets.prototxt import read_net_param
 from fcnwild.nets.splits import insert_splits
 from fcnwild.nets.upgrade import upgrade_net
+from fcnwild.nets.weights import (
+    is_hdf5,
+    is_torch,
+    open_weights,
+    write_caffemodel,
+    write_caffemodel_h5,
+    write_torch_weights,
+)
 
 PathLike = str | os.PathLike
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -491,7 +499,6 @@ class Net(nn.Module):
     def copy_from(self, path: PathLike) -> None:
         """Copy weights by layer name (Caffe's CopyTrainedLayersFrom): unknown source
         layers are ignored; a blob count or shape mismatch is an error."""
-        from fcnwild.nets.weights import open_weights
         shared_targets = self._shared_targets()
         with open_weights(path) as stored:
             for name, blobs in stored.items():
@@ -541,10 +548,8 @@ class Net(nn.Module):
         """Write the weights: Caffe's HDF5 layout for .h5, a torch state dict
         ({"<layer>/<i>": tensor}) for .pt/.pth, a binary caffemodel otherwise;
         ``format`` ("hdf5", "torch" or "caffemodel") overrides the file name."""
-        from fcnwild.nets import weights
         if format is None:
-            format = "hdf5" if weights.is_hdf5(path) else \
-                "torch" if weights.is_torch(path) else "caffemodel"
+            format = "hdf5" if is_hdf5(path) else "torch" if is_torch(path) else "caffemodel"
         if format not in ("hdf5", "torch", "caffemodel"):
             raise NetError(f"unknown weights format {format!r}; expected hdf5, torch or "
                            "caffemodel", file=path)
@@ -553,11 +558,11 @@ class Net(nn.Module):
             owned = {layer.name: {k: p.detach().cpu().numpy() for k, p in enumerate(layer.blobs)
                                   if (layer.name, k) not in shared} for layer in self.layers}
             if format == "hdf5":
-                weights.write_caffemodel_h5(path, [layer.name for layer in self.layers], owned)
+                write_caffemodel_h5(path, [layer.name for layer in self.layers], owned)
             else:
-                weights.write_torch_weights(path, {k: v for k, v in owned.items() if v})
+                write_torch_weights(path, {k: v for k, v in owned.items() if v})
         else:
-            weights.write_caffemodel(path, self.to_proto(), {
+            write_caffemodel(path, self.to_proto(), {
                 layer.name: [p.detach().cpu().numpy() for p in layer.blobs]
                 for layer in self.layers})
 

@@ -1,19 +1,37 @@
 """Comparing a Net with blobs recorded from real Caffe (``fcnwild compare`` and the tests).
 
-A reference file (HDF5) holds ``inputs/<blob>``, ``forward/<blob>``,
-``backward/<blob>``, ``params/<layer>/<i>``, ``param_diffs/<layer>/<i>`` and
-optionally ``top_diff/<blob>`` (random diffs Caffe back-propagated from),
-``aux/dropout_mask/<layer>`` (Caffe's TRAIN-phase dropout masks) and
-``params_after_forward/<layer>/<i>`` (blobs a forward pass updates, BatchNorm
-statistics). The net is driven exactly as the reference was: the same inputs
-and masks, param diffs cleared, backward seeded by the recorded top diffs or
-by the loss weights.
+A reference file (HDF5) holds ``forward/<blob>`` and, as the case needs,
+``inputs/<blob>``, ``backward/<blob>``, ``params/<layer>/<i>``,
+``param_diffs/<layer>/<i>``, ``top_diff/<blob>`` (random diffs Caffe
+back-propagated from), ``params_after_forward/<layer>/<i>`` (blobs a forward
+pass updates, BatchNorm statistics), ``forward_calls/<k>/<blob>`` (the blobs
+after the k-th forward of the same net: data layers advance through their
+source, recurrent layers carry their state; call 0 is ``forward/``) and
+``aux/``: ``dropout_mask/<layer>`` (Caffe's TRAIN-phase dropout masks),
+``memory_data/{data,labels}`` (given to the first layer, a MemoryData, through
+``set_input_arrays`` as pycaffe's ``Net.set_input_arrays`` does) and
+``hdf5_output/<dataset>`` (what the net's HDF5Output layer must write); other
+``aux/`` arrays document how the case was made. Data-layer cases have no
+``inputs/`` and no ``backward/``.
+
+The net is driven exactly as the reference was: the same inputs, arrays and
+masks, param diffs cleared, one forward, backward seeded by the recorded top
+diffs or by the loss weights, then the further forward calls.
+
+A reference case folder (``meta.json`` beside ``blobs.h5``) was recorded by Caffe
+with the case folder as working directory; ``case_workdir`` gives the net such a
+working directory without letting it write into the reference folder.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Mapping
+from pathlib import Path
+from typing import Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -53,7 +71,8 @@ def tolerances_of(meta: dict) -> dict[str, Tolerance]:
 
 @dataclass
 class Comparison:
-    kind: str                 # forward | params_after_forward | backward | param_diffs
+    # forward | params_after_forward | backward | param_diffs | forward_calls/<k> | written_file
+    kind: str
     name: str
     shape: tuple[int, ...]
     max_abs_error: float
@@ -91,51 +110,157 @@ def compare_with_reference(net, reference: PathLike, *,
                            tolerances: Mapping[str, Tolerance] | None = None,
                            backward: bool = True) -> list[Comparison]:
     """Drive ``net`` as the reference was driven and compare every recorded array
-    (``tolerances`` per kind; the defaults for kinds it leaves out)."""
+    (``tolerances`` per kind; the defaults for kinds it leaves out).
+
+    Files a layer writes (HDF5Output) are read back from the current working
+    directory, where Caffe wrote them (see ``case_workdir``)."""
     tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     try:
         h5 = h5py.File(reference, "r")
     except OSError as err:
         raise FcnwildError(f"cannot open reference blobs ({err})", file=reference) from None
     with h5:
-        for group in ("inputs", "forward"):
-            if group not in h5:
-                raise FcnwildError(f"reference file has no '/{group}' group; expected the "
-                                   "layout of Caffe reference blobs (inputs/, forward/, "
-                                   "backward/, param_diffs/)", file=reference)
-        for name, data in h5["inputs"].items():
-            if name not in net.blobs:
-                raise FcnwildError(f"reference input '{name}' is not a blob of the net "
-                                   f"(inputs: {net.inputs})", file=reference)
-            net.set_input(name, data[()])
-        masked = []
-        for layer_name, mask in (h5["aux/dropout_mask"].items()
-                                 if "aux/dropout_mask" in h5 else ()):
-            layer = net.layer_dict.get(layer_name)
-            if layer is None or not hasattr(layer, "set_next_mask"):
-                raise FcnwildError(f"reference has a dropout mask for '{layer_name}', which "
-                                   "is not a Dropout layer of the net", file=reference)
-            layer.set_next_mask(torch.from_numpy(mask[()]))
-            masked.append(net.bottom_names[net.layer_names.index(layer_name)][0])
+        if "forward" not in h5:
+            raise FcnwildError("reference file has no '/forward' group; expected the layout "
+                               "of Caffe reference blobs (inputs/, forward/, backward/, "
+                               "param_diffs/)", file=reference)
+        _feed_inputs(net, h5, reference)
+        masked = _set_dropout_masks(net, h5, reference)
         net.clear_param_diffs()
         with torch.enable_grad():
             net.forward()
         # A recorded mask is recovered as top/bottom, so it is unknown where the bottom is 0;
         # the diff Caffe passed to such a bottom is unknown there too.
         unknown = {name: net.blobs[name].data == 0 for name in masked}
-        results = [compare_arrays("forward", name, _blob(net, name, "data"), ref[()],
-                                  tol["forward"])
-                   for name, ref in h5["forward"].items()]
+        results = _compare_blobs(net, h5["forward"], "forward", "data", tol["forward"])
         results += _compare_params(net, h5, "params_after_forward", "data", tol["forward"])
         if backward and "backward" in h5:
             for name, diff in (h5["top_diff"].items() if "top_diff" in h5 else ()):
                 net.blobs[name].diff = diff[()]
             net.backward()
-            results += [compare_arrays("backward", name, _blob(net, name, "diff"), ref[()],
-                                       tol["backward"], unknown.get(name))
-                        for name, ref in h5["backward"].items()]
+            results += _compare_blobs(net, h5["backward"], "backward", "diff", tol["backward"],
+                                      unknown)
             results += _compare_params(net, h5, "param_diffs", "diff", tol["param_diffs"])
+        for call in sorted((int(k) for k in h5.get("forward_calls", {})))[1:]:
+            net.forward()
+            results += _compare_blobs(net, h5[f"forward_calls/{call}"], f"forward_calls/{call}",
+                                      "data", tol["forward"])
+        results += _compare_written_files(net, h5, tol["forward"])
     return results
+
+
+def _feed_inputs(net, h5: h5py.File, reference: PathLike) -> None:
+    for name, data in (h5["inputs"].items() if "inputs" in h5 else ()):
+        if name not in net.blobs:
+            raise FcnwildError(f"reference input '{name}' is not a blob of the net "
+                               f"(inputs: {net.inputs})", file=reference)
+        net.set_input(name, data[()])
+    if "aux/memory_data" in h5:
+        first = net.layers[0] if len(net.layers) else None
+        if first is None or not hasattr(first, "set_input_arrays"):
+            raise FcnwildError("the reference feeds aux/memory_data through set_input_arrays, "
+                               "which needs a MemoryData layer first in the net (as pycaffe's "
+                               "Net.set_input_arrays does)", file=reference)
+        arrays = h5["aux/memory_data"]
+        first.set_input_arrays(arrays["data"][()], arrays["labels"][()])
+
+
+def _set_dropout_masks(net, h5: h5py.File, reference: PathLike) -> list[str]:
+    """Give each Dropout layer its recorded mask; returns the masked bottoms."""
+    masked = []
+    for layer_name, mask in (h5["aux/dropout_mask"].items() if "aux/dropout_mask" in h5 else ()):
+        layer = net.layer_dict.get(layer_name)
+        if layer is None or not hasattr(layer, "set_next_mask"):
+            raise FcnwildError(f"reference has a dropout mask for '{layer_name}', which "
+                               "is not a Dropout layer of the net", file=reference)
+        layer.set_next_mask(torch.from_numpy(mask[()]))
+        masked.append(net.bottom_names[net.layer_names.index(layer_name)][0])
+    return masked
+
+
+def _compare_blobs(net, group: h5py.Group, kind: str, attr: str, tolerance: Tolerance,
+                   unknown: Mapping[str, np.ndarray] | None = None) -> list[Comparison]:
+    return [compare_arrays(kind, name, _blob(net, name, attr), ref[()], tolerance,
+                           (unknown or {}).get(name))
+            for name, ref in group.items()]
+
+
+def _compare_written_files(net, h5: h5py.File, tolerance: Tolerance) -> list[Comparison]:
+    """``aux/hdf5_output/<dataset>`` against the file the net's HDF5Output layer wrote
+    (its file_name, relative to the working directory as in Caffe)."""
+    if "aux/hdf5_output" not in h5:
+        return []
+    writer = next((layer for layer in net.layers if layer.type_name == "HDF5Output"), None)
+    path = Path(writer.param.hdf5_output_param.file_name) if writer is not None else None
+    written: dict[str, np.ndarray] = {}
+    note = "the net has no HDF5Output layer" if path is None else f"not written to {path}"
+    if path is not None and path.is_file():
+        with h5py.File(path, "r") as out:
+            written = {name: out[name][()] for name in out if isinstance(out[name], h5py.Dataset)}
+    results = []
+    for name, ref in h5["aux/hdf5_output"].items():
+        label = f"{path.name if path else 'HDF5Output'}:{name}"
+        if name in written:
+            results.append(compare_arrays("written_file", label, written[name], ref[()],
+                                          tolerance))
+        else:
+            results.append(Comparison("written_file", label, ref.shape, float("nan"),
+                                      float("nan"), tolerance.bound(ref[()]), False, note))
+    return results
+
+
+def case_meta(reference: PathLike) -> dict:
+    """The ``meta.json`` beside a reference blobs file ({} when there is none)."""
+    path = Path(reference).parent / "meta.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise FcnwildError(f"cannot read the reference case description ({err})",
+                           file=path) from None
+
+
+@contextmanager
+def case_workdir(reference: PathLike, workdir: PathLike | None = None) -> Iterator[Path | None]:
+    """Run the block in the working directory a reference case was recorded in.
+
+    Caffe ran each case with its folder as working directory; layers resolve relative
+    file names there (HDF5Output writes there). The block runs in ``workdir`` (created
+    if needed; a temporary folder, removed afterwards, when None) holding copies of the
+    files the case's ``meta.json`` lists under ``files``, so the reference folder is
+    only read. A reference without ``meta.json`` runs in ``workdir`` when one is given,
+    else in the current directory (yields None then)."""
+    meta = case_meta(reference)
+    if workdir is None and not meta:
+        yield None
+        return
+    temporary = workdir is None
+    folder = Path(tempfile.mkdtemp(prefix="fcnwild-compare-") if temporary else workdir)
+    source = Path(reference).parent
+    previous = os.getcwd()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in meta.get("files", {}):
+            _copy_case_file(source, name, folder)
+        os.chdir(folder)
+        yield folder
+    finally:
+        os.chdir(previous)
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _copy_case_file(source: Path, name: str, folder: Path) -> None:
+    src, dst = source / name, folder / name
+    if src.is_dir():
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    elif src.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    else:
+        raise FcnwildError(f"meta.json lists the file '{name}', which is not in the case "
+                           "folder", file=source)
 
 
 def _blob(net, name: str, attr: str) -> np.ndarray | None:

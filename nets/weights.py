@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import h5py
 import numpy as np
+import torch
 
 from fcnwild.base import caffe_pb2
 from fcnwild.base.atomic import atomic_h5, atomic_write
@@ -128,7 +129,7 @@ class WeightsFile(Mapping[str, list]):
 
 
 def open_weights(path: PathLike) -> WeightsFile:
-    """Open a .caffemodel, a Caffe HDF5 weights file (by suffix or content) or a torch
+    """Open a .caffemodel, a Caffe HDF5 weights file (told by its content) or a torch
     state dict for reading."""
     path = Path(path)
     if not path.exists():
@@ -503,7 +504,6 @@ def write_caffemodel_h5(path: PathLike, layer_names: Iterable[str],
 # --- torch state dict ------------------------------------------------------------------------
 def _open_torch(path: Path) -> WeightsFile:
     """A flat state dict {"<layer>/<i>": tensor}, loaded with weights_only=True (no code runs)."""
-    import torch
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds here; all mean "not a usable file"
@@ -529,7 +529,6 @@ def _open_torch(path: Path) -> WeightsFile:
 def _tensor_blob(tensor, key: str, path: Path) -> StoredBlob:
     """A dense floating-point tensor whose elements are all in its stored bytes: a
     stride-0 (expanded) view of a few bytes must not turn into terabytes here."""
-    import torch
     if tensor.layout != torch.strided or not tensor.is_floating_point():
         raise WeightsError(f"state dict entry {key!r} is a {tensor.layout} {tensor.dtype} "
                            "tensor; expected a dense floating-point tensor", file=path)
@@ -545,7 +544,6 @@ def _tensor_blob(tensor, key: str, path: Path) -> StoredBlob:
 
 
 def write_torch_weights(path: PathLike, blobs: Mapping[str, Mapping[int, np.ndarray]]) -> None:
-    import torch
     state = {f"{layer}/{i}": torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
              for layer, arrays in blobs.items() for i, a in arrays.items()}
     with atomic_write(path, "wb") as out:

@@ -6,6 +6,7 @@ import argparse
 
 import torch
 
+from fcnwild.base.errors import UsageError
 from fcnwild.nets.net import Net
 from fcnwild.nets.timing import time_net
 
@@ -20,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reshape an input blob first, e.g. data=1,3,500,500")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--gemm-size", type=int, default=4096, metavar="N",
+                        help="time an NxN float32 matmul to compare with (default 4096)")
     parser.add_argument("--no-gemm", action="store_true", help="skip the GEMM measurement")
     parser.add_argument("--allow-python", action="store_true")
 
@@ -35,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             shapes[name] = tuple(int(d) for d in dims.split(","))
         except ValueError:
-            raise SystemExit(f"fcnwild time: --input {item!r}: expected NAME=N,C,H,W") from None
+            raise UsageError(f"--input {item!r}: expected NAME=N,C,H,W") from None
     if shapes:
         net.reshape_inputs(shapes)
-    print(time_net(net, args.iterations, measure_gemm=not args.no_gemm).format())
+    print(time_net(net, args.iterations, 0 if args.no_gemm else args.gemm_size).format())
     return 0
