@@ -31,6 +31,7 @@ every user a copy or a sync):
   callbacks on fcnwild's alternating adversarial solver.
 """
 from fcnwild.base.caffe_pb2 import TEST, TRAIN
+from fcnwild.caffe import io, proto
 from fcnwild.caffe._caffe import (
     NCCL,
     Timer,
@@ -50,7 +51,10 @@ from fcnwild.caffe._caffe import (
     solver_rank,
 )
 from fcnwild.caffe.blob import Blob
+from fcnwild.caffe.classifier import Classifier
+from fcnwild.caffe.detector import Detector
 from fcnwild.caffe.net import Net
+from fcnwild.caffe.net_spec import NetSpec, layers, params, to_proto
 from fcnwild.caffe.solver import (
     AdaDeltaSolver,
     AdaGradSolver,
@@ -67,5 +71,6 @@ __all__ = [
     "AdaDeltaSolver", "AdamSolver", "get_solver", "NCCL", "Timer", "init_log", "log",
     "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed", "layer_type_list",
     "solver_count", "set_solver_count", "solver_rank", "set_solver_rank", "set_multiprocess",
-    "has_nccl", "__version__", "TRAIN", "TEST",
+    "has_nccl", "__version__", "TRAIN", "TEST", "Classifier", "Detector", "io", "proto",
+    "NetSpec", "layers", "params", "to_proto",
 ]

@@ -323,3 +323,27 @@ def test_layer_view_reshape_and_unsupported_calls(net):
 def test_set_input_arrays_needs_a_memory_data_layer_first(net):
     with pytest.raises(NetError, match="first layer is a MemoryDataLayer"):
         net.set_input_arrays(np.zeros((2, 3, 2, 2), np.float32), np.zeros(2, np.float32))
+
+
+MEMORY_NET = """name: "memory"
+layer { name: "data" type: "MemoryData" top: "data" top: "label"
+  memory_data_param { batch_size: 2 channels: 3 height: 2 width: 2 } }
+layer { name: "scaled" type: "Power" bottom: "data" top: "scaled" power_param { scale: 3 } }
+"""
+
+
+def test_set_input_arrays_feeds_the_memory_data_layer(tmp_path):
+    net = caffe.Net(str(write(tmp_path / "memory.prototxt", MEMORY_NET)), caffe.TEST)
+    data = np.arange(48, dtype=np.float32).reshape(4, 3, 2, 2)
+    labels = np.array([5, 6, 7, 8], dtype=np.float32)
+    net.set_input_arrays(data, labels)                 # 1-d labels get their unit axes
+    for batch in (slice(0, 2), slice(2, 4), slice(0, 2)):
+        out = net.forward()
+        np.testing.assert_array_equal(out["scaled"], 3 * data[batch])
+        np.testing.assert_array_equal(net.blobs["label"].data.reshape(-1), labels[batch])
+    data[2] = -1                                       # used in place, not copied, as Caffe
+    np.testing.assert_array_equal(net.forward()["scaled"][0], -3)
+    with pytest.raises(NetError, match="multiple of batch_size"):
+        net.set_input_arrays(data[:3].copy(), labels[:3].copy())
+    with pytest.raises(NetError, match="float32"):
+        net.set_input_arrays(data.astype(np.float64), labels)

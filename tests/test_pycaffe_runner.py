@@ -23,8 +23,9 @@ import json
 import sys
 
 import caffe
-import caffe.blob
-from caffe import Net, TEST
+import caffe.proto.caffe_pb2 as caffe_pb2
+from caffe import Net, TEST, layers as L
+from caffe.coord_map import crop
 
 import helper                       # lives beside the script
 
@@ -33,8 +34,11 @@ net = Net(sys.argv[1], TEST, weights=sys.argv[2])
 out = net.forward(data=helper.batch())
 with open(sys.argv[3], "w") as f:
     json.dump({"argv": sys.argv[1:], "alpha": out["alpha"].tolist(), "module": caffe.__name__,
-               "one_module": caffe.blob is sys.modules["fcnwild.caffe.blob"],
-               "net_class": Net is caffe.Net}, f)
+               "one_module": caffe_pb2 is sys.modules["fcnwild.base.caffe_pb2"]
+               and caffe.io is sys.modules["fcnwild.caffe.io"],
+               "net_class": Net is caffe.Net and crop.__module__ == "fcnwild.caffe.coord_map",
+               "net_spec": str(caffe.to_proto(L.Input(shape=dict(dim=[1])))).count("layer"),
+               "phase": caffe_pb2.TEST == TEST}, f)
 if len(sys.argv) > 4:
     sys.exit(int(sys.argv[4]))
 '''
@@ -69,7 +73,8 @@ def _check(result, out_file, args, expected):
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads(out_file.read_text())
     assert seen["argv"] == args and seen["module"] == "fcnwild.caffe"
-    assert seen["one_module"] and seen["net_class"]
+    assert seen["one_module"] and seen["net_class"] and seen["phase"]
+    assert seen["net_spec"] == 1
     np.testing.assert_allclose(seen["alpha"], expected, rtol=1e-6)
 
 
