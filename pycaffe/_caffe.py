@@ -80,10 +80,15 @@ def generation() -> int:
 
 
 # --- host copies of device tensors -------------------------------------------------------
+def viewable(tensor: torch.Tensor) -> bool:
+    """Whether numpy can view ``tensor``'s memory in place (a CPU tensor)."""
+    return tensor.device.type in _VIEWABLE
+
+
 def host_array(tensor: torch.Tensor) -> np.ndarray:
     """A numpy array of ``tensor`` whose writes reach the net: a view on the CPU, a host
     copy written back at the next ``flush_host_copies`` on other devices."""
-    if tensor.device.type in _VIEWABLE:
+    if viewable(tensor):
         return tensor.detach().numpy()
     entry = _host_copies.get(id(tensor))
     if entry is not None and entry[0] is tensor:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from fcnwild.caffe import _caffe
 from fcnwild.nets.blob import Blob as NetBlob
 from fcnwild.nets.blob import ParamBlob
 from fcnwild.nets.net import Net as FcnNet
-from fcnwild.caffe import _caffe
 
 
 class Blob:
@@ -31,7 +31,7 @@ class Blob:
         return self._blob
 
     def _pin(self, source) -> None:
-        if source.tensor.device.type in _caffe._VIEWABLE:
+        if _caffe.viewable(source.tensor):
             source.pinned = True
 
     @property
