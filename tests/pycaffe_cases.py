@@ -1,10 +1,10 @@
-"""Small nets and solvers for the fcnwild.caffe (pycaffe API) tests."""
+"""Small nets and Python layers for the fcnwild.caffe (pycaffe API) tests."""
 from __future__ import annotations
 
 import numpy as np
 
-# Input (2, 3, 2, 2) -> InnerProduct(4) -> ReLU (in place) -> "ip"; a second output
-# "alpha" (a Power layer) makes the output order observable: Caffe sorts output names.
+# Input (2, 3, 2, 2) -> InnerProduct(4) -> ReLU (in place) -> "ip". The outputs "zeta"
+# (2 x data) and "alpha" (ip + 1) are made in that order: Caffe lists outputs sorted.
 IP_NET = """name: "ipnet"
 force_backward: true
 layer { name: "data" type: "Input" top: "data"
