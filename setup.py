@@ -25,7 +25,9 @@ setup(
     python_requires=">=3.9",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
-    package_data={"fcnwild.base": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"]},
+    # The opt-in `import caffe` shim (fcnwild pycaffe --shim-path) is data, not a package.
+    package_data={"fcnwild.base": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"],
+                  "fcnwild.caffe": ["shim/caffe/__init__.py"]},
     install_requires=[
         # torch is constrained to the CPU 2.13.0 wheel by constraints.txt in the
         # README commands; the open range here keeps other installs possible.

@@ -23,7 +23,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -46,13 +46,22 @@ PathLike = str | os.PathLike
 IterationHook = Callable[["Solver", float], None]
 
 
+class Callback(Protocol):
+    """Caffe's Solver::Callback: ``on_start`` before an iteration's forward/backward
+    passes, ``on_gradients_ready`` between them and the update."""
+
+    def on_start(self) -> None: ...
+
+    def on_gradients_ready(self) -> None: ...
+
+
 class Solver:
     """Train a net with a Caffe SolverParameter (a path to solver.prototxt or the message)."""
 
     def __init__(self, solver: PathLike | caffe_pb2.SolverParameter, *,
                  train_net: Net | None = None, allow_python: bool = False,
-                 rank: int = 0, world_size: int = 1, device: torch.device | str | None = None
-                 ) -> None:
+                 rank: int = 0, world_size: int = 1, device: torch.device | str | None = None,
+                 solver_type: str | None = None) -> None:
         if isinstance(solver, caffe_pb2.SolverParameter):
             self.file: str | None = None
             self.param = solver
@@ -62,6 +71,9 @@ class Solver:
             self.param = read_solver_param(solver)
             self.root = Path(solver).resolve().parent
             _default_snapshot_prefix(self.param, Path(solver))
+        if solver_type is not None:
+            # pycaffe's SGDSolver(file), AdamSolver(file), ... ignore the file's type.
+            self.param.type = solver_type
         self.rank, self.world_size = rank, world_size
         self.allow_python = allow_python
         self._validate()
@@ -79,6 +91,7 @@ class Solver:
         self.losses: list[float] = []
         self.smoothed_loss = 0.0
         self.hooks: list[IterationHook] = []
+        self.callbacks: list[Callback] = []
         self.last_snapshot: tuple[Path, Path] | None = None
         self._params_synced = world_size == 1
         if world_size > 1:
@@ -229,7 +242,11 @@ class Solver:
 
     def train_iteration(self) -> float:
         """One iteration's gradient and update (before ``iter`` advances); its loss."""
+        for callback in self.callbacks:
+            callback.on_start()
         loss = self.forward_backward()
+        for callback in self.callbacks:
+            callback.on_gradients_ready()
         self.apply_update()
         return loss
 

@@ -29,6 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "demo": ("demo_cmd", "the whole story on the embedded synthetic benchmark: tables and figures"),
     "dilation-train": ("dilation_train_cmd", "write the nets and solver fyu/dilation's train.py "
                        "writes, and the fcnwild train command for them"),
+    "pycaffe": ("pycaffe_cmd", "run an unmodified pycaffe script with `import caffe` as fcnwild.caffe"),
 }
 
 
