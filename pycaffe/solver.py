@@ -8,7 +8,6 @@ and ``get_solver`` follows the file's ``type``. ``solver.net`` and
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, ClassVar
 
 from fcnwild.base import caffe_pb2
@@ -35,7 +34,6 @@ class Solver:
         device = _caffe.device()
         self._solver = create_solver(filename, allow_python=True, solver_type=self.type_name,
                                      device=device if device.type != "cpu" else None)
-        _snapshot_prefix_from_cwd(filename, self._solver.param)
         self._generation = _caffe.generation()
         self.net = Net._view(self._solver.net, owner=self)
         self.test_nets = [Net._view(net, owner=self) for net in self._solver.test_nets]
@@ -99,20 +97,6 @@ class Solver:
     def share_weights(self, net: Net) -> None:
         """Make ``net`` use this solver's train net weights."""
         net.share_with(self.net)
-
-
-def _snapshot_prefix_from_cwd(filename: PathLike, param: caffe_pb2.SolverParameter) -> None:
-    """Caffe writes snapshots to a ``snapshot_prefix`` relative to the working directory
-    (a directory gets the solver file's stem appended); fcnwild's solver reads it
-    relative to the solver file's folder, which is where an unset prefix puts them in
-    both."""
-    given = read_solver_param(filename)
-    if not given.HasField("snapshot_prefix"):
-        return
-    prefix = given.snapshot_prefix
-    if os.path.isdir(prefix):
-        prefix = os.path.join(prefix, Path(filename).stem)
-    param.snapshot_prefix = os.path.abspath(prefix)
 
 
 class _Callback:
