@@ -25,7 +25,9 @@ setup(
     python_requires=">=3.9",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
-    package_data={"fcnwild.base": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"]},
+    # The opt-in `caffe` executable (pycaffe/shim/bin) is data, never put on PATH.
+    package_data={"fcnwild.base": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"],
+                  "fcnwild.caffe": ["shim/bin/caffe"]},
     install_requires=[
         # torch is constrained to the CPU 2.13.0 wheel by constraints.txt in the
         # README commands; the open range here keeps other installs possible.
