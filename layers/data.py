@@ -16,24 +16,9 @@ from torch import Tensor
 
 from fcnwild.base import caffe_pb2
 from fcnwild.base.errors import DatasetError
-from fcnwild.layers.base import TEST, Layer, LayerContext, Shape
+from fcnwild.layers.base import TEST, Layer, LayerContext, Shape, find_input
 from fcnwild.layers.fillers import fill
 from fcnwild.layers.registry import register
-
-
-def find_input(path: str | Path, first_dir: Path | None, what: str, layer: str, *,
-               folder: bool = False) -> Path:
-    """An input file (or ``folder``) a layer names: a relative path is looked up in
-    ``first_dir`` (the prototxt's folder, or a list file's), then in the working
-    directory, where Caffe looks."""
-    path = Path(path)
-    candidates = [path] if path.is_absolute() else \
-        [d / path for d in (first_dir, Path.cwd()) if d is not None]
-    for candidate in candidates:
-        if candidate.is_dir() if folder else candidate.is_file():
-            return candidate
-    tried = ", ".join(str(c) for c in candidates)
-    raise DatasetError(f"{what} not found (tried {tried})", file=path, layer=layer)
 
 
 class _DataLayer(Layer):
@@ -44,6 +29,14 @@ class _DataLayer(Layer):
                  ctx: LayerContext | None = None) -> None:
         super().__init__(param, ctx)
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
+
+    def check_source_and_batch(self, field: str) -> None:
+        """Caffe's checks of a data layer's ``source`` and ``batch_size`` in ``field``."""
+        p = getattr(self.param, field)
+        if not p.source:
+            raise self.error(f"{field}.source is not set")
+        if p.batch_size == 0:
+            raise self.error(f"{field}.batch_size must be > 0")
 
     def _like_net(self, tensor: Tensor) -> Tensor:
         return tensor.to(device=self._anchor.device, dtype=self._anchor.dtype)
@@ -139,10 +132,7 @@ class HDF5Data(_DataLayer):
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
         p = self.param.hdf5_data_param
-        if not p.source:
-            raise self.error("hdf5_data_param.source is not set")
-        if p.batch_size == 0:
-            raise self.error("hdf5_data_param.batch_size must be > 0")
+        self.check_source_and_batch("hdf5_data_param")
         self.batch_size, self.shuffle = p.batch_size, p.shuffle
         self.shard_rank, self.shard_count = 0, 1
         self.list_path = find_input(p.source, self.ctx.base_dir, "HDF5 source list",

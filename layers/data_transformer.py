@@ -28,8 +28,7 @@ from fcnwild.base import caffe_pb2
 from fcnwild.base.blob_proto import read_blob_proto
 from fcnwild.base.errors import DatasetError, NetError
 from fcnwild.data.caffe_io import datum_array
-from fcnwild.layers.base import TRAIN
-from fcnwild.layers.data import find_input
+from fcnwild.layers.base import TRAIN, find_input
 
 log = logging.getLogger("fcnwild.layers")
 # Fields of a layer's own *_param that Caffe ignores -> the transform_param field meant.

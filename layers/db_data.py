@@ -35,9 +35,13 @@ from fcnwild.base import caffe_pb2
 from fcnwild.base.errors import DatasetError
 from fcnwild.data.caffe_db import LEVELDB, LMDB, DatumStore
 from fcnwild.data.caffe_io import parse_datum
-from fcnwild.layers.base import TEST, Shape
-from fcnwild.layers.data import _DataLayer, find_input
-from fcnwild.layers.data_transformer import DataTransformer, in_layer, warn_legacy_fields
+from fcnwild.layers.base import TEST, Shape, find_input
+from fcnwild.layers.data import _DataLayer
+from fcnwild.layers.data_transformer import (
+    DataTransformer,
+    in_layer,
+    warn_legacy_fields,
+)
 from fcnwild.layers.registry import register
 
 _BACKENDS = {caffe_pb2.DataParameter.LMDB: LMDB, caffe_pb2.DataParameter.LEVELDB: LEVELDB}
@@ -151,10 +155,7 @@ class Data(_DataLayer):
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
         p = self.param.data_param
-        if not p.source:
-            raise self.error("data_param.source is not set")
-        if p.batch_size == 0:
-            raise self.error("data_param.batch_size must be > 0")
+        self.check_source_and_batch("data_param")
         self.batch_size, self.prefetch = p.batch_size, p.prefetch
         warn_legacy_fields(p, "data_param", self.name)
         self.transformer = DataTransformer(self.param.transform_param, self.phase,

@@ -20,8 +20,8 @@ from torch import Tensor
 
 from fcnwild.base.errors import DatasetError
 from fcnwild.data.caffe_io import read_image
-from fcnwild.layers.base import Shape
-from fcnwild.layers.data import _DataLayer, find_input
+from fcnwild.layers.base import Shape, find_input
+from fcnwild.layers.data import _DataLayer
 from fcnwild.layers.data_transformer import (
     DataTransformer,
     caffe_rand,
@@ -39,10 +39,7 @@ class ImageData(_DataLayer):
         p = self.param.image_data_param
         if (p.new_height == 0) != (p.new_width == 0):
             raise self.error("new_height and new_width must be set together")
-        if p.batch_size == 0:
-            raise self.error("image_data_param.batch_size must be > 0")
-        if not p.source:
-            raise self.error("image_data_param.source is not set")
+        self.check_source_and_batch("image_data_param")
         self.batch_size = p.batch_size
         warn_legacy_fields(p, "image_data_param", self.name)
         self.transformer = DataTransformer(self.param.transform_param, self.phase,

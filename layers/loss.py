@@ -8,7 +8,6 @@ at least 1; labels are truncated to int as Caffe's static_cast does.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -21,7 +20,7 @@ from fcnwild.base import caffe_pb2
 from fcnwild.base.blob_proto import read_blob_proto
 from fcnwild.base.errors import FcnwildError
 from fcnwild.layers.axes import canonical_axis, count, shape_str
-from fcnwild.layers.base import Layer, LayerContext, Shape
+from fcnwild.layers.base import Layer, LayerContext, Shape, find_input
 from fcnwild.layers.registry import register
 
 FLT_MIN = 1.1754943508222875e-38
@@ -47,6 +46,18 @@ class _LossLayer(Layer):
     def check_shapes(self, data: Shape, label: Shape) -> None:
         """Layer-specific shape checks of (bottom 0, bottom 1)."""
 
+    def label_layout(self, axis_param: int, data: Sequence[int], label: Sequence[int],
+                     what: str) -> tuple[int, int, int, int]:
+        """(axis, outer, classes, inner) of scores whose class axis is ``axis_param``, with
+        one label per outer x inner position."""
+        axis = canonical_axis(axis_param, len(data), self.error)
+        outer, inner = count(data, 0, axis), count(data, axis + 1)
+        if outer * inner != count(label):
+            raise self.error(f"number of labels must match number of predictions: scores "
+                             f"{shape_str(data)} with {what} axis {axis} need "
+                             f"{outer * inner} labels, label blob is {shape_str(label)}")
+        return axis, outer, data[axis], inner
+
     def normalization(self, default: int) -> int:
         p = self.param.loss_param
         if p.HasField("normalization"):
@@ -58,6 +69,17 @@ class _LossLayer(Layer):
     def ignore_label(self) -> int | None:
         p = self.param.loss_param
         return p.ignore_label if p.HasField("ignore_label") else None
+
+    def class_labels(self, label: Tensor, outer: int, inner: int, classes: int,
+                     dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """The (outer, inner) class labels with ignored positions set to 0, the valid mask
+        (as ``dtype``) and the loss normalizer of ``self.mode``."""
+        labels = label.detach().reshape(outer, inner).trunc().long()
+        ignore = self.ignore_label()
+        valid = (labels != ignore) if ignore is not None else torch.ones_like(labels, dtype=bool)
+        self.check_labels(labels, valid, classes)
+        normalizer = _normalizer(self.mode, outer, inner, valid.sum().to(dtype))
+        return torch.where(valid, labels, torch.zeros_like(labels)), valid.to(dtype), normalizer
 
     def check_labels(self, labels: Tensor, valid: Tensor, num_classes: int) -> None:
         """Caffe only DCHECKs the label range (undefined behaviour when violated); we raise."""
@@ -132,27 +154,17 @@ class SoftmaxWithLoss(_LossLayer):
         self.mode = self.normalization(LossParameter.VALID)
 
     def _dims(self, data: Sequence[int], label: Sequence[int]) -> tuple[int, int, int, int]:
-        axis = canonical_axis(self.param.softmax_param.axis, len(data), self.error)
-        outer, inner = count(data, 0, axis), count(data, axis + 1)
-        if outer * inner != count(label):
-            raise self.error(f"number of labels must match number of predictions: scores "
-                             f"{shape_str(data)} with softmax axis {axis} need "
-                             f"{outer * inner} labels, label blob is {shape_str(label)}")
-        return axis, outer, data[axis], inner
+        return self.label_layout(self.param.softmax_param.axis, data, label, "softmax")
 
     def check_shapes(self, data: Shape, label: Shape) -> None:
         self._dims(data, label)
 
     def forward(self, scores: Tensor, label: Tensor) -> tuple[Tensor]:
         _, outer, classes, inner = self._dims(scores.shape, label.shape)
-        labels = label.detach().reshape(outer, inner).trunc().long()
-        ignore = self.ignore_label()
-        valid = (labels != ignore) if ignore is not None else torch.ones_like(labels, dtype=bool)
-        self.check_labels(labels, valid, classes)
-        normalizer = _normalizer(self.mode, outer, inner, valid.sum().to(scores.dtype))
-        labels = torch.where(valid, labels, torch.zeros_like(labels))
+        labels, valid, normalizer = self.class_labels(label, outer, inner, classes,
+                                                      scores.dtype)
         loss = _SoftmaxLossFunction.apply(scores.reshape(outer, classes, inner), labels,
-                                          valid.to(scores.dtype), normalizer)
+                                          valid, normalizer)
         return (loss,)
 
 
@@ -309,10 +321,7 @@ class InfogainLoss(_LossLayer):
         if not source:
             raise self.error("InfogainLoss needs the matrix H: a third bottom, or "
                              "infogain_loss_param.source naming a BlobProto file")
-        path = Path(source)
-        if not path.is_absolute() and self.ctx.base_dir is not None \
-                and (self.ctx.base_dir / path).exists():
-            path = self.ctx.base_dir / path
+        path = find_input(source, self.ctx.base_dir, "infogain matrix", self.name)
         try:
             return read_blob_proto(path)
         except FcnwildError as err:
@@ -320,13 +329,8 @@ class InfogainLoss(_LossLayer):
 
     def _dims(self, data: Sequence[int], label: Sequence[int],
               h_count: int) -> tuple[int, int, int, int]:
-        axis = canonical_axis(self.param.infogain_loss_param.axis, len(data), self.error)
-        outer, inner = count(data, 0, axis), count(data, axis + 1)
-        if outer * inner != count(label):
-            raise self.error(f"number of labels must match number of predictions: scores "
-                             f"{shape_str(data)} with infogain axis {axis} need "
-                             f"{outer * inner} labels, label blob is {shape_str(label)}")
-        classes = data[axis]
+        axis, outer, classes, inner = self.label_layout(self.param.infogain_loss_param.axis,
+                                                        data, label, "infogain")
         if h_count != classes * classes:
             raise self.error(f"H must be {classes}x{classes} for {classes} classes; it holds "
                              f"{h_count} values")
@@ -347,15 +351,11 @@ class InfogainLoss(_LossLayer):
         super().reshape(shapes)
         _, outer, classes, inner = self._dims(scores.shape, label.shape, self._h_count(shapes))
         matrix = (h[0] if h else self.infogain).detach().reshape(classes, classes)
-        labels = label.detach().reshape(outer, inner).trunc().long()
-        ignore = self.ignore_label()
-        valid = (labels != ignore) if ignore is not None else torch.ones_like(labels, dtype=bool)
-        self.check_labels(labels, valid, classes)
-        normalizer = _normalizer(self.mode, outer, inner, valid.sum().to(scores.dtype))
-        labels = torch.where(valid, labels, torch.zeros_like(labels))
+        labels, valid, normalizer = self.class_labels(label, outer, inner, classes,
+                                                      scores.dtype)
         rows = matrix.to(scores.dtype)[labels].permute(0, 2, 1)
         loss, prob = _InfogainLossFunction.apply(scores.reshape(outer, classes, inner), rows,
-                                                 valid.to(scores.dtype), normalizer)
+                                                 valid, normalizer)
         return (loss, prob.reshape(scores.shape))[:len(self.param.top)]
 
 

@@ -5,7 +5,9 @@ A pycaffe layer is a class with ``setup(bottom, top)``, ``reshape(bottom, top)``
 blob has numpy ``.data``/``.diff`` arrays and ``.reshape(*shape)``. It is built
 as Caffe builds it: ``cls(layer_param)``, then ``param_str`` and ``phase`` are
 set and ``setup`` runs. Its backward becomes the autograd backward through a
-small Function. Learnable blobs of Python layers are not supported.
+small Function. ``PythonLayerBase`` is pycaffe's ``caffe.Layer`` (exported as
+``fcnwild.caffe.Layer``); classes that do not derive from it work as well.
+Learnable blobs of Python layers (``self.blobs.add_blob``) are not supported.
 """
 from __future__ import annotations
 
@@ -53,23 +55,49 @@ class PyBlob:
     width = property(lambda self: self._legacy(3))
 
 
+class BlobVec(list):
+    """pycaffe's BlobVec: the list of a layer's learnable blobs."""
+
+    def add_blob(self, *shape: int) -> None:
+        raise NotImplementedError("BlobVec.add_blob: fcnwild does not support learnable blobs "
+                                  "added to a layer (learnable blobs of Python layers)")
+
+
 class PythonLayerBase:
-    """Optional base class for Python layers (stands in for pycaffe's ``caffe.Layer``)."""
+    """pycaffe's ``caffe.Layer``: the base class of Python layers.
+
+    Subclasses define ``setup``, ``reshape``, ``forward`` and, when the net
+    back-propagates through them, ``backward``; ``param_str`` and ``phase`` are set
+    before ``setup`` runs.
+    """
 
     def __init__(self, param=None) -> None:
         self.param = param
+
+    @property
+    def type(self) -> str:
+        return "Python"
+
+    @property
+    def blobs(self) -> BlobVec:
+        if "_blobs" not in self.__dict__:
+            self._blobs = BlobVec()
+        return self._blobs
 
     def setup(self, bottom, top) -> None:
         pass
 
     def reshape(self, bottom, top) -> None:
-        pass
+        raise NotImplementedError(f"Python layer {type(self).__name__} defines no "
+                                  "reshape(bottom, top)")
 
     def forward(self, bottom, top) -> None:
-        pass
+        raise NotImplementedError(f"Python layer {type(self).__name__} defines no "
+                                  "forward(bottom, top)")
 
     def backward(self, top, propagate_down, bottom) -> None:
-        pass
+        raise NotImplementedError(f"Python layer {type(self).__name__} defines no "
+                                  "backward(top, propagate_down, bottom)")
 
 
 class _PythonFunction(torch.autograd.Function):

@@ -34,8 +34,8 @@ from torch import Tensor
 
 from fcnwild.base.errors import DatasetError
 from fcnwild.data.caffe_io import decode_image, resize
-from fcnwild.layers.base import Shape
-from fcnwild.layers.data import _DataLayer, find_input
+from fcnwild.layers.base import Shape, find_input
+from fcnwild.layers.data import _DataLayer
 from fcnwild.layers.data_transformer import (
     DataTransformer,
     caffe_rand,
@@ -101,10 +101,7 @@ class WindowData(_DataLayer):
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
         p = self.param.window_data_param
-        if not p.source:
-            raise self.error("window_data_param.source is not set")
-        if p.batch_size == 0:
-            raise self.error("window_data_param.batch_size must be > 0")
+        self.check_source_and_batch("window_data_param")
         if p.crop_mode not in ("warp", "square"):
             raise self.error(f"crop_mode {p.crop_mode!r}: expected \"warp\" or \"square\"")
         warn_legacy_fields(p, "window_data_param", self.name, used=("scale",))

@@ -23,14 +23,12 @@ network.py derives the front-end's label from stride 8 whatever it is given,
 so train.py's ``frontend --up`` net pairs 8x upsampled scores with a stride-8
 label and neither caffe-dilation nor fcnwild can build it.
 
-``write_training_files`` writes the three files as train.py does; ``python -m
-fcnwild.nets.dilation_train`` takes train.py's options and prints the
-``fcnwild train`` command that replaces its ``caffe train`` call.
+``write_training_files`` writes the three files as train.py does; ``fcnwild
+dilation-train`` takes train.py's options and prints the ``fcnwild train``
+command that replaces its ``caffe train`` call.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,49 +277,3 @@ def write_training_files(options: TrainOptions, work_dir: str | Path) -> dict[st
         str(paths["test_net"]) if "test_net" in paths else None,
         str(work_dir / "snapshots" / stem)))
     return paths
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fcnwild.nets.dilation_train",
-        description="Write the nets and solver fyu/dilation's train.py writes; train them "
-                    "with the printed fcnwild train command.")
-    parser.add_argument("model", choices=MODELS)
-    parser.add_argument("--work_dir", default="training/")
-    parser.add_argument("--weights", help="passed on to fcnwild train (front-end: required)")
-    parser.add_argument("--train_image", required=True)
-    parser.add_argument("--train_label", required=True)
-    parser.add_argument("--test_image", default="")
-    parser.add_argument("--test_label", default="")
-    parser.add_argument("--train_batch", type=int, default=8)
-    parser.add_argument("--test_batch", type=int, default=2)
-    parser.add_argument("--crop_size", type=int, default=500)
-    parser.add_argument("--mean", nargs="*", type=float, default=list(PASCAL_MEAN_BGR))
-    parser.add_argument("--lr", type=float, default=0)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--classes", type=int, required=True)
-    parser.add_argument("--up", action="store_true")
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--label_shape", nargs="*", type=int)
-    parser.add_argument("--iter_size", type=int, default=1)
-    args = vars(parser.parse_args(argv))
-    work_dir, weights = args.pop("work_dir"), args.pop("weights")
-    if args["model"] == "frontend" and weights is None:
-        parser.error("the front-end is trained from pretrained weights: give --weights")
-    args["mean"] = tuple(args["mean"])
-    if args["label_shape"] is not None:
-        args["label_shape"] = tuple(args["label_shape"])
-    try:
-        options = TrainOptions(**args)
-    except NetError as err:
-        parser.error(str(err))
-    paths = write_training_files(options, work_dir)
-    for path in paths.values():
-        print(f"Writing {path}")
-    print(f"fcnwild train --solver {paths['solver']}" +
-          (f" --weights {weights}" if weights else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -355,24 +355,28 @@ class Net(nn.Module):
             with torch.no_grad():
                 layer.forward_inplace(self.blobs[name].tensor)
             return self._weighted_loss(i)
+        bottoms, tops = self._run_layer(i, record)
+        for name, top in zip(self.top_names[i], tops):
+            self.blobs[name].tensor = top
+        self._layer_io[i] = (bottoms, tops) if record else None
+        return self._weighted_loss(i)
+
+    def _run_layer(self, i: int, record: bool) -> tuple[list[Tensor], tuple[Tensor, ...]]:
+        """Layer ``i``'s forward on detached copies of its bottoms; with ``record``, autograd
+        records it for the layer's own backward."""
+        layer = self.layers[i]
         bottoms = []
         for j, name in enumerate(self.bottom_names[i]):
             tensor = self.blobs[name].tensor.detach()
             if record and self.bottom_need_backward[i][j]:
                 tensor.requires_grad_()
             bottoms.append(tensor)
-        if record:
+        with torch.set_grad_enabled(record):
             tops = layer(*bottoms)
-        else:
-            with torch.no_grad():
-                tops = layer(*bottoms)
         if len(tops) != len(self.top_names[i]):
             raise NetError(f"forward returned {len(tops)} tops, expected "
                            f"{len(self.top_names[i])}", layer=layer.name, file=self.source)
-        for name, top in zip(self.top_names[i], tops):
-            self.blobs[name].tensor = top
-        self._layer_io[i] = (bottoms, tops) if record else None
-        return self._weighted_loss(i)
+        return bottoms, tops
 
     def _weighted_loss(self, i: int) -> Tensor | None:
         loss = None
@@ -420,10 +424,12 @@ class Net(nn.Module):
                 layer.backward_inplace(self.blobs[name].grad)
             return
         io = self._layer_io[i]
-        if io is None:
-            raise NetError("backward needs a forward pass first (with gradients enabled), "
-                           "and can run once per forward", layer=layer.name, file=self.source)
         self._layer_io[i] = None
+        if io is None:
+            # Caffe's Backward reads the blobs as they are, with or without a forward
+            # since the last backward: record this layer's forward on its bottoms now
+            # (a Dropout layer used out of place then draws a new mask).
+            io = self._run_layer(i, record=True)
         bottoms, tops = io
         outputs, grads = [], []
         for name, top in zip(self.top_names[i], tops):
@@ -538,14 +544,20 @@ class Net(nn.Module):
             entry.ClearField("blobs")
         return out
 
-    def save(self, path: PathLike) -> None:
+    def save(self, path: PathLike, format: str | None = None) -> None:
         """Write the weights: Caffe's HDF5 layout for .h5, a torch state dict
-        ({"<layer>/<i>": tensor}) for .pt/.pth, a binary caffemodel otherwise."""
-        if is_hdf5(path) or is_torch(path):
+        ({"<layer>/<i>": tensor}) for .pt/.pth, a binary caffemodel otherwise;
+        ``format`` ("hdf5", "torch" or "caffemodel") overrides the file name."""
+        if format is None:
+            format = "hdf5" if is_hdf5(path) else "torch" if is_torch(path) else "caffemodel"
+        if format not in ("hdf5", "torch", "caffemodel"):
+            raise NetError(f"unknown weights format {format!r}; expected hdf5, torch or "
+                           "caffemodel", file=path)
+        if format != "caffemodel":
             shared = self._shared_targets()
             owned = {layer.name: {k: p.detach().cpu().numpy() for k, p in enumerate(layer.blobs)
                                   if (layer.name, k) not in shared} for layer in self.layers}
-            if is_hdf5(path):
+            if format == "hdf5":
                 write_caffemodel_h5(path, [layer.name for layer in self.layers], owned)
             else:
                 write_torch_weights(path, {k: v for k, v in owned.items() if v})

@@ -129,17 +129,19 @@ class WeightsFile(Mapping[str, list]):
 
 
 def open_weights(path: PathLike) -> WeightsFile:
-    """Open a .caffemodel or a Caffe HDF5 weights file for reading."""
+    """Open a .caffemodel, a Caffe HDF5 weights file (told by its content) or a torch
+    state dict for reading."""
     path = Path(path)
     if not path.exists():
         raise WeightsError("no such weights file", file=path)
     if path.is_dir():
         raise WeightsError("is a directory, expected a .caffemodel or .caffemodel.h5 file",
                            file=path)
-    if is_hdf5(path):
-        return _open_hdf5(path)
     if is_torch(path):
         return _open_torch(path)
+    # Caffe's CopyTrainedLayersFrom tells HDF5 from a binary proto by content (H5Fis_hdf5).
+    if h5py.is_hdf5(path):
+        return _open_hdf5(path)
     return _open_caffemodel(path)
 
 

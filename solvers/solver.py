@@ -24,7 +24,7 @@ import os
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -57,22 +57,37 @@ class SolverAction(str, Enum):
 _ACTIONS = list(SolverAction)
 
 
+class Callback(Protocol):
+    """Caffe's Solver::Callback: ``on_start`` before an iteration's forward/backward
+    passes, ``on_gradients_ready`` between them and the update."""
+
+    def on_start(self) -> None: ...
+
+    def on_gradients_ready(self) -> None: ...
+
+
 class Solver:
     """Train a net with a Caffe SolverParameter (a path to solver.prototxt or the message)."""
 
     def __init__(self, solver: PathLike | caffe_pb2.SolverParameter, *,
                  train_net: Net | None = None, allow_python: bool = False,
                  rank: int = 0, world_size: int = 1, device: torch.device | str | None = None,
+                 solver_type: str | None = None,
                  train_state: caffe_pb2.NetState | None = None) -> None:
+        # Caffe reads relative paths (net files, snapshot_prefix) in the working directory.
+        self.cwd = Path.cwd()
         if isinstance(solver, caffe_pb2.SolverParameter):
             self.file: str | None = None
             self.param = solver
-            self.root = Path.cwd()
+            self.root = self.cwd
         else:
             self.file = str(solver)
             self.param = read_solver_param(solver)
             self.root = Path(solver).resolve().parent
             _default_snapshot_prefix(self.param, Path(solver))
+        if solver_type is not None:
+            # pycaffe's SGDSolver(file), AdamSolver(file), ... ignore the file's type.
+            self.param.type = solver_type
         if train_state is not None:
             # Caffe's command line sets the train net's level and adds stages this way.
             self.param.train_state.MergeFrom(train_state)
@@ -93,6 +108,7 @@ class Solver:
         self.losses: list[float] = []
         self.smoothed_loss = 0.0
         self.hooks: list[IterationHook] = []
+        self.callbacks: list[Callback] = []
         # Caffe's SetActionFunction: asked after every iteration (and before every test
         # iteration) whether to snapshot or stop; only rank 0's answer counts.
         self.action_request: Callable[[], SolverAction] | None = None
@@ -119,9 +135,10 @@ class Solver:
             raise SolverError("unknown snapshot_format", **where)
 
     def _resolve(self, name: str) -> Path:
-        """Net files resolve against the solver file's folder first, then the cwd."""
-        candidate = self.root / name
-        return candidate if os.path.exists(candidate) or not os.path.exists(name) else Path(name)
+        """A net file: where Caffe looks (the working directory), else beside the solver
+        file, so a solver naming its neighbour runs from anywhere."""
+        beside = self.root / name
+        return beside if not os.path.exists(name) and os.path.exists(beside) else Path(name)
 
     def _net_param(self, path_or_param) -> tuple[caffe_pb2.NetParameter, str | None]:
         if isinstance(path_or_param, caffe_pb2.NetParameter):
@@ -129,8 +146,9 @@ class Solver:
         path = self._resolve(path_or_param)
         if not os.path.exists(path) or os.path.isdir(path):
             what = "is a directory" if os.path.isdir(path) else "does not exist"
-            raise SolverError(f"the solver's net file '{path_or_param}' {what} "
-                              f"(looked for {path})", file=self.file)
+            places = dict.fromkeys([str(self.cwd / path_or_param), str(self.root / path_or_param)])
+            raise SolverError(f"the solver's net file '{path_or_param}' {what} (looked for "
+                              f"{' and '.join(places)})", file=self.file)
         return read_net_param(path), str(path)
 
     def _build_train_net(self) -> Net:
@@ -272,7 +290,11 @@ class Solver:
 
     def train_iteration(self) -> float:
         """One iteration's gradient and update (before ``iter`` advances); its loss."""
+        for callback in self.callbacks:
+            callback.on_start()
         loss = self.forward_backward()
+        for callback in self.callbacks:
+            callback.on_gradients_ready()
         self.apply_update()
         return loss
 
@@ -433,9 +455,8 @@ class Solver:
     # ------------------------------------------------------------------ snapshots
     @property
     def snapshot_prefix(self) -> Path:
-        """``snapshot_prefix``, relative to the solver file's folder."""
-        prefix = Path(self.param.snapshot_prefix)
-        return prefix if prefix.is_absolute() or self.file is None else self.root / prefix
+        """``snapshot_prefix``, relative to the working directory (as in Caffe)."""
+        return self.cwd / self.param.snapshot_prefix
 
     def snapshot_filename(self, extension: str) -> Path:
         return Path(f"{self.snapshot_prefix}_iter_{self.iter}{extension}")
@@ -642,10 +663,9 @@ def _first_non_finite(net: Net) -> str:
 
 
 def _default_snapshot_prefix(param: caffe_pb2.SolverParameter, path: Path) -> None:
-    """Caffe's UpgradeSnapshotPrefixProperty: default to the solver file name; a directory
-    prefix gets the solver file's stem appended."""
+    """Caffe's UpgradeSnapshotPrefixProperty: default to the solver file's path without its
+    extension; a directory prefix (or one ending in "/") gets the solver file's stem."""
     if not param.HasField("snapshot_prefix"):
-        param.snapshot_prefix = str(path.with_suffix("").name)
-    elif os.path.isdir(path.parent / param.snapshot_prefix) or \
-            param.snapshot_prefix.endswith("/"):
+        param.snapshot_prefix = str(path.with_suffix(""))
+    elif os.path.isdir(param.snapshot_prefix) or param.snapshot_prefix.endswith("/"):
         param.snapshot_prefix = str(Path(param.snapshot_prefix) / path.stem)

@@ -225,7 +225,7 @@ def test_infogain_gradient_is_exact_away_from_the_clamp() -> None:
 ])
 def test_infogain_errors_name_the_layer(text, bottoms, message, tmp_path) -> None:
     names = ' '.join(f'bottom: "{b}"' for b in ("s", "y", "H")[:bottoms])
-    with pytest.raises(NetError, match="layer 'ig'") as err:
+    with pytest.raises(FcnwildError, match="layer 'ig'") as err:
         make_layer(f'name: "ig" type: "InfogainLoss" {names} {text}',
                    [(2, 3), (2,), (3, 3)][:bottoms], base_dir=tmp_path)
     assert message in str(err.value)

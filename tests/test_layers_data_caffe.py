@@ -581,7 +581,7 @@ def test_training_on_a_data_layer_resumes_bit_identically(tmp_path) -> None:
     _lmdb_train_net(tmp_path)
     for run in ("straight", "resumed"):
         write(tmp_path / f"{run}.prototxt",
-              solver_text("net.prototxt", max_iter=7, snapshot=4, snapshot_prefix=f"{run}/run"))
+              solver_text("net.prototxt", max_iter=7, snapshot=4, snapshot_prefix=str(tmp_path / run / "run")))
     Solver(tmp_path / "straight.prototxt").solve()
     run_helper(["train", "--solver", str(tmp_path / "resumed.prototxt"), "--snapshot",
                 str(tmp_path / "straight/run_iter_4.solverstate"), "--quiet"], cwd=tmp_path)

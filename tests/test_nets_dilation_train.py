@@ -22,14 +22,10 @@ from fcnwild.base import caffe_pb2
 from fcnwild.base.errors import NetError
 from fcnwild.layers.dilation_data import write_bin
 from fcnwild.layers.fillers import fill
-from fcnwild.nets.dilation_train import (
-    TrainOptions,
-    main,
-    make_net,
-    write_training_files,
-)
+from fcnwild.nets.dilation_train import TrainOptions, make_net, write_training_files
 from fcnwild.nets.net import Net
 from fcnwild.tools import train_cmd
+from fcnwild.tools.cli import main
 
 NARROW = dict(block_widths=(2, 2, 4, 4, 4), fc_width=8)
 
@@ -159,7 +155,7 @@ def test_the_frontend_net_builds_at_train_py_s_crop_and_up_fails_as_there(tmp_pa
 def test_the_command_line_writes_train_py_s_files(tmp_path, capsys):
     image_list, label_list = write_images(tmp_path, 1)
     work = tmp_path / "training"
-    assert main(["frontend", "--work_dir", str(work), "--weights", "vgg_conv.caffemodel",
+    assert main(["dilation-train", "frontend", "--work_dir", str(work), "--weights", "vgg_conv.caffemodel",
                  "--train_image", str(image_list), "--train_label", str(label_list),
                  "--test_image", str(image_list), "--test_label", str(label_list),
                  "--classes", "19", "--crop_size", "628"]) == 0
@@ -176,9 +172,12 @@ def test_the_command_line_writes_train_py_s_files(tmp_path, capsys):
     net = text_format.Parse((work / "frontend_vgg_train_net.txt").read_text(),
                             caffe_pb2.NetParameter())
     assert list(net.layer[0].image_label_data_param.label_slice.dim) == [32, 32]
-    with pytest.raises(SystemExit):
-        main(["context", "--train_image", "a", "--train_label", "b", "--classes", "3"])
+    assert main(["dilation-train", "context", "--train_image", "a", "--train_label", "b",
+                 "--classes", "3"]) == 2
     assert "label_shape" in capsys.readouterr().err
+    assert main(["dilation-train", "frontend", "--train_image", "a", "--train_label", "b",
+                 "--classes", "3"]) == 2
+    assert "give --weights" in capsys.readouterr().err
 
 
 def _train(argv: list[str]) -> int:

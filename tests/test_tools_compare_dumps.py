@@ -222,9 +222,9 @@ def fake_caffe() -> types.ModuleType:
     return module
 
 
-# The emitted script under the fake above (its logic) and, once fcnwild.caffe has
-# pycaffe's Net, under fcnwild.caffe as `caffe`.
-CAFFE_MODULES = ["fake"] + (["fcnwild.caffe"] if hasattr(fcnwild.caffe, "Net") else [])
+# The emitted script under the fake above (its logic alone) and under fcnwild.caffe as
+# `caffe` (pycaffe's API as users run it).
+CAFFE_MODULES = ["fake", "fcnwild.caffe"]
 
 
 def emit_and_record(tmp_path: Path, model_text: str, inputs: dict[str, np.ndarray],

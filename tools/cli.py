@@ -30,6 +30,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "surgery": ("surgery_cmd", "turn VGG16 fc6/fc7 into the front-end's convolutional fc6/fc7"),
     "adapt": ("adapt_cmd", "source-only -> GA -> GA+CA adaptation, evaluated on the target val split"),
     "demo": ("demo_cmd", "the whole story on the embedded synthetic benchmark: tables and figures"),
+    "dilation-train": ("dilation_train_cmd", "write the nets and solver fyu/dilation's train.py "
+                       "writes, and the fcnwild train command for them"),
+    "pycaffe": ("pycaffe_cmd", "run an unmodified pycaffe script with `import caffe` as fcnwild.caffe"),
 }
 
 

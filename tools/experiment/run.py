@@ -114,6 +114,7 @@ class AdaptationRun:
             stage, str(self.class_stats.resolve()),
             str(image_labels.resolve()) if image_labels else None)
         solver.snapshot_after_train = True
+        solver.snapshot_prefix = str((folder / "snapshots" / "stage").resolve())
         write_text(folder / "net.prototxt", net)
         write_text(folder / "solver.prototxt", solver)
         return folder / "solver.prototxt"
