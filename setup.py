@@ -25,9 +25,10 @@ setup(
     python_requires=">=3.9",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
-    # The opt-in `import caffe` shim (fcnwild pycaffe --shim-path) is data, not a package.
+    # The opt-in `import caffe` shim (fcnwild pycaffe --shim-path) and `caffe` executable
+    # (its bin/ folder, never put on PATH) are data, not packages.
     package_data={"fcnwild.base": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"],
-                  "fcnwild.caffe": ["shim/caffe/__init__.py"]},
+                  "fcnwild.caffe": ["shim/caffe/__init__.py", "shim/bin/caffe"]},
     install_requires=[
         # torch is constrained to the CPU 2.13.0 wheel by constraints.txt in the
         # README commands; the open range here keeps other installs possible.

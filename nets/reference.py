@@ -1,7 +1,8 @@
 """Comparing a Net with blobs recorded from real Caffe (``fcnwild compare`` and the tests).
 
-A reference file (HDF5) holds ``forward/<blob>`` and, as the case needs,
-``inputs/<blob>``, ``backward/<blob>``, ``params/<layer>/<i>``,
+A reference in the full layout (HDF5) holds ``forward/<blob>`` and, as the case
+needs, ``inputs/<blob>``, ``backward/<blob>``, ``params/<layer>/<i>`` (copied into
+a net built without weights, compared with the net's otherwise),
 ``param_diffs/<layer>/<i>``, ``top_diff/<blob>`` (random diffs Caffe
 back-propagated from), ``params_after_forward/<layer>/<i>`` (blobs a forward
 pass updates, BatchNorm statistics), ``forward_calls/<k>/<blob>`` (the blobs
@@ -12,7 +13,9 @@ source, recurrent layers carry their state; call 0 is ``forward/``) and
 ``set_input_arrays`` as pycaffe's ``Net.set_input_arrays`` does) and
 ``hdf5_output/<dataset>`` (what the net's HDF5Output layer must write); other
 ``aux/`` arrays document how the case was made. Data-layer cases have no
-``inputs/`` and no ``backward/``.
+``inputs/`` and no ``backward/``. Flat dumps (``.npz``, a folder of ``.npy``
+files, an HDF5 file of one dataset per name) fill the same roles by a naming rule;
+``reference_files.py`` reads every format.
 
 The net is driven exactly as the reference was: the same inputs, arrays and
 masks, param diffs cleared, one forward, backward seeded by the recorded top
@@ -28,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +42,7 @@ import numpy as np
 import torch
 
 from fcnwild.base.errors import FcnwildError
+from fcnwild.nets.reference_files import LayerArrays, Loader, Reference, open_reference
 
 PathLike = str | os.PathLike
 
@@ -108,87 +113,109 @@ def compare_arrays(kind: str, name: str, ours: np.ndarray | None, ref: np.ndarra
 
 def compare_with_reference(net, reference: PathLike, *,
                            tolerances: Mapping[str, Tolerance] | None = None,
-                           backward: bool = True) -> list[Comparison]:
+                           backward: bool = True, load_params: bool = False
+                           ) -> list[Comparison]:
     """Drive ``net`` as the reference was driven and compare every recorded array
     (``tolerances`` per kind; the defaults for kinds it leaves out).
 
+    ``reference`` is any format ``open_reference`` reads. Its params are copied into
+    the net with ``load_params`` (a net built without weights), compared otherwise.
     Files a layer writes (HDF5Output) are read back from the current working
     directory, where Caffe wrote them (see ``case_workdir``)."""
     tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
-    try:
-        h5 = h5py.File(reference, "r")
-    except OSError as err:
-        raise FcnwildError(f"cannot open reference blobs ({err})", file=reference) from None
-    with h5:
-        if "forward" not in h5:
-            raise FcnwildError("reference file has no '/forward' group; expected the layout "
-                               "of Caffe reference blobs (inputs/, forward/, backward/, "
-                               "param_diffs/)", file=reference)
-        _feed_inputs(net, h5, reference)
-        masked = _set_dropout_masks(net, h5, reference)
+    with open_reference(reference, net) as ref:
+        if load_params:
+            _load_params(net, ref)
+            results = []
+        else:
+            results = _compare_params(net, ref.params, "params", "data", tol["forward"])
+        _feed_inputs(net, ref)
+        masked = _set_dropout_masks(net, ref)
         net.clear_param_diffs()
         with torch.enable_grad():
             net.forward()
         # A recorded mask is recovered as top/bottom, so it is unknown where the bottom is 0;
         # the diff Caffe passed to such a bottom is unknown there too.
         unknown = {name: net.blobs[name].data == 0 for name in masked}
-        results = _compare_blobs(net, h5["forward"], "forward", "data", tol["forward"])
-        results += _compare_params(net, h5, "params_after_forward", "data", tol["forward"])
-        if backward and "backward" in h5:
-            for name, diff in (h5["top_diff"].items() if "top_diff" in h5 else ()):
-                net.blobs[name].diff = diff[()]
+        results += _compare_blobs(net, ref.forward, "forward", "data", tol["forward"])
+        results += _compare_params(net, ref.params_after_forward, "params_after_forward",
+                                   "data", tol["forward"])
+        if backward and (ref.backward or ref.param_diffs):
+            for name, diff in ref.top_diff.items():
+                net.blobs[name].diff = diff()
             net.backward()
-            results += _compare_blobs(net, h5["backward"], "backward", "diff", tol["backward"],
+            results += _compare_blobs(net, ref.backward, "backward", "diff", tol["backward"],
                                       unknown)
-            results += _compare_params(net, h5, "param_diffs", "diff", tol["param_diffs"])
-        for call in sorted((int(k) for k in h5.get("forward_calls", {})))[1:]:
+            results += _compare_params(net, ref.param_diffs, "param_diffs", "diff",
+                                       tol["param_diffs"])
+        for call in sorted(ref.forward_calls)[1:]:
             net.forward()
-            results += _compare_blobs(net, h5[f"forward_calls/{call}"], f"forward_calls/{call}",
+            results += _compare_blobs(net, ref.forward_calls[call], f"forward_calls/{call}",
                                       "data", tol["forward"])
-        results += _compare_written_files(net, h5, tol["forward"])
+        results += _compare_written_files(net, ref.aux.get("hdf5_output", {}), tol["forward"])
     return results
 
 
-def _feed_inputs(net, h5: h5py.File, reference: PathLike) -> None:
-    for name, data in (h5["inputs"].items() if "inputs" in h5 else ()):
+def _load_params(net, ref: Reference) -> None:
+    for layer_name, blobs in ref.params.items():
+        params = net.params.get(layer_name)
+        if params is None:
+            raise FcnwildError(f"the reference has params of layer '{layer_name}', which has "
+                               "none in the net", file=ref.source)
+        for i, load in blobs.items():
+            if i >= len(params):
+                raise FcnwildError(f"the reference has param {i} of layer '{layer_name}', "
+                                   f"which has {len(params)}", file=ref.source)
+            value = load()
+            if value.size != params[i].count:
+                raise FcnwildError(f"param {i} of layer '{layer_name}' has shape "
+                                   f"{value.shape} in the reference, {params[i].shape} in "
+                                   "the net", file=ref.source)
+            params[i].data = value
+
+
+def _feed_inputs(net, ref: Reference) -> None:
+    for name, load in ref.inputs.items():
         if name not in net.blobs:
             raise FcnwildError(f"reference input '{name}' is not a blob of the net "
-                               f"(inputs: {net.inputs})", file=reference)
-        net.set_input(name, data[()])
-    if "aux/memory_data" in h5:
+                               f"(inputs: {net.inputs})", file=ref.source)
+        net.set_input(name, load())
+    arrays = ref.aux.get("memory_data")
+    if arrays:
         first = net.layers[0] if len(net.layers) else None
         if first is None or not hasattr(first, "set_input_arrays"):
             raise FcnwildError("the reference feeds aux/memory_data through set_input_arrays, "
                                "which needs a MemoryData layer first in the net (as pycaffe's "
-                               "Net.set_input_arrays does)", file=reference)
-        arrays = h5["aux/memory_data"]
-        first.set_input_arrays(arrays["data"][()], arrays["labels"][()])
+                               "Net.set_input_arrays does)", file=ref.source)
+        first.set_input_arrays(arrays["data"](), arrays["labels"]())
 
 
-def _set_dropout_masks(net, h5: h5py.File, reference: PathLike) -> list[str]:
+def _set_dropout_masks(net, ref: Reference) -> list[str]:
     """Give each Dropout layer its recorded mask; returns the masked bottoms."""
     masked = []
-    for layer_name, mask in (h5["aux/dropout_mask"].items() if "aux/dropout_mask" in h5 else ()):
+    for layer_name, load in ref.aux.get("dropout_mask", {}).items():
         layer = net.layer_dict.get(layer_name)
         if layer is None or not hasattr(layer, "set_next_mask"):
             raise FcnwildError(f"reference has a dropout mask for '{layer_name}', which "
-                               "is not a Dropout layer of the net", file=reference)
-        layer.set_next_mask(torch.from_numpy(mask[()]))
+                               "is not a Dropout layer of the net", file=ref.source)
+        layer.set_next_mask(torch.from_numpy(load()))
         masked.append(net.bottom_names[net.layer_names.index(layer_name)][0])
     return masked
 
 
-def _compare_blobs(net, group: h5py.Group, kind: str, attr: str, tolerance: Tolerance,
-                   unknown: Mapping[str, np.ndarray] | None = None) -> list[Comparison]:
-    return [compare_arrays(kind, name, _blob(net, name, attr), ref[()], tolerance,
+def _compare_blobs(net, arrays: Mapping[str, Loader], kind: str, attr: str,
+                   tolerance: Tolerance, unknown: Mapping[str, np.ndarray] | None = None
+                   ) -> list[Comparison]:
+    return [compare_arrays(kind, name, _blob(net, name, attr), load(), tolerance,
                            (unknown or {}).get(name))
-            for name, ref in group.items()]
+            for name, load in arrays.items()]
 
 
-def _compare_written_files(net, h5: h5py.File, tolerance: Tolerance) -> list[Comparison]:
+def _compare_written_files(net, expected: Mapping[str, Loader], tolerance: Tolerance
+                           ) -> list[Comparison]:
     """``aux/hdf5_output/<dataset>`` against the file the net's HDF5Output layer wrote
     (its file_name, relative to the working directory as in Caffe)."""
-    if "aux/hdf5_output" not in h5:
+    if not expected:
         return []
     writer = next((layer for layer in net.layers if layer.type_name == "HDF5Output"), None)
     path = Path(writer.param.hdf5_output_param.file_name) if writer is not None else None
@@ -198,21 +225,22 @@ def _compare_written_files(net, h5: h5py.File, tolerance: Tolerance) -> list[Com
         with h5py.File(path, "r") as out:
             written = {name: out[name][()] for name in out if isinstance(out[name], h5py.Dataset)}
     results = []
-    for name, ref in h5["aux/hdf5_output"].items():
+    for name, load in expected.items():
         label = f"{path.name if path else 'HDF5Output'}:{name}"
+        ref = load()
         if name in written:
-            results.append(compare_arrays("written_file", label, written[name], ref[()],
-                                          tolerance))
+            results.append(compare_arrays("written_file", label, written[name], ref, tolerance))
         else:
             results.append(Comparison("written_file", label, ref.shape, float("nan"),
-                                      float("nan"), tolerance.bound(ref[()]), False, note))
+                                      float("nan"), tolerance.bound(ref), False, note))
     return results
 
 
 def case_meta(reference: PathLike) -> dict:
-    """The ``meta.json`` beside a reference blobs file ({} when there is none)."""
+    """The ``meta.json`` beside a reference HDF5 file ({} when there is none, and for
+    flat dumps in a folder or an .npz, which are no reference case)."""
     path = Path(reference).parent / "meta.json"
-    if not path.is_file():
+    if not path.is_file() or Path(reference).is_dir() or zipfile.is_zipfile(reference):
         return {}
     try:
         return json.loads(path.read_text())
@@ -268,17 +296,14 @@ def _blob(net, name: str, attr: str) -> np.ndarray | None:
     return None if blob is None else getattr(blob, attr)
 
 
-def _compare_params(net, h5: h5py.File, group: str, attr: str, tolerance: Tolerance
+def _compare_params(net, layers: LayerArrays, kind: str, attr: str, tolerance: Tolerance
                     ) -> list[Comparison]:
-    if group not in h5:
-        return []
     results = []
-    for layer_name, blobs in h5[group].items():
+    for layer_name, blobs in layers.items():
         params = net.params.get(layer_name, [])
-        for index, ref in blobs.items():
-            i = int(index)
+        for i, load in sorted(blobs.items()):
             ours = getattr(params[i], attr) if i < len(params) else None
-            results.append(compare_arrays(group, f"{layer_name}/{i}", ours, ref[()], tolerance))
+            results.append(compare_arrays(kind, f"{layer_name}/{i}", ours, load(), tolerance))
     return results
 
 
