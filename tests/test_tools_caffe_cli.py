@@ -177,6 +177,10 @@ def test_the_solvers_gpu_mode_without_cuda_trains_on_the_cpu(no_cuda, tmp_path, 
     gpu = write(tmp_path / "gpu.prototxt", solver_text("net.prototxt", solver_mode="GPU"))
     assert train_cmd._devices(_train_args(["-solver", str(gpu)])) == ["cpu"]
     assert "solver_mode: GPU, but no CUDA device is available" in caplog.text
+    caplog.clear()
+    default = write(tmp_path / "default.prototxt", solver_text("net.prototxt"))
+    assert train_cmd._devices(_train_args(["-solver", str(default)])) == ["cpu"]
+    assert "solver_mode" not in caplog.text        # the default mode asks for nothing
 
 
 def test_single_device_verbs_use_the_first_gpu_as_caffe(two_gpus, caplog):
@@ -391,3 +395,20 @@ def test_messages_name_the_program_caffe_when_run_as_caffe(no_cuda, capsys):
     with pytest.raises(SystemExit):
         main(["brew"], prog="caffe")
     assert capsys.readouterr().err.startswith("usage: caffe ")
+
+
+def test_train_sets_the_train_state_level_as_caffe_train_does(tmp_path, monkeypatch):
+    """caffe train writes -level (0 when not given) into the solver's train_state, so a
+    layer included only from level 1 is left out even when the solver file says level 2."""
+    write_hdf5_source(tmp_path, "train", rows=[4], seed=5)
+    write(tmp_path / "net.prototxt", segmentation_net("train.txt", batch=2) +
+          'layer { name: "extra" type: "Power" bottom: "score" top: "extra" '
+          'include { min_level: 1 } }\n')
+    write(tmp_path / "solver.prototxt",
+          solver_text("net.prototxt", max_iter=1) + "train_state { level: 2 }\n")
+    built = []
+    monkeypatch.setattr(Solver, "step", lambda self, n: built.append(self.net.layer_names))
+    for flags, included in (([], False), (["-level", "1"], True)):
+        assert main(["train", "-solver", str(tmp_path / "solver.prototxt"), "--quiet"]
+                    + flags) == 0
+        assert ("extra" in built[-1]) is included

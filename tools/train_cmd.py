@@ -94,8 +94,9 @@ def _devices(args: argparse.Namespace) -> list[str | None]:
                 raise UsageError(f"the solver's device_id {param.device_id} names no CUDA "
                                  f"device; this machine has {torch.cuda.device_count()}")
             return _cuda_devices([param.device_id])
-        log.warning("The solver asks for solver_mode: GPU, but no CUDA device is available: "
-                    "training on the CPU")
+        if param.HasField("solver_mode"):     # GPU is also the default, never a request
+            log.warning("The solver asks for solver_mode: GPU, but no CUDA device is "
+                        "available: training on the CPU")
     log.info("Use CPU.")
     return ["cpu"]
 
@@ -139,14 +140,10 @@ def _train(args: argparse.Namespace, device: str | None) -> int:
     return 0
 
 
-def _train_state(args: argparse.Namespace) -> caffe_pb2.NetState | None:
-    """-level and -stage for the train net (Caffe adds them to the solver's train_state)."""
-    if args.level is None and not args.stage:
-        return None
-    state = caffe_pb2.NetState(stage=stages(args))
-    if args.level is not None:
-        state.level = args.level
-    return state
+def _train_state(args: argparse.Namespace) -> caffe_pb2.NetState:
+    """What ``caffe train`` writes into the solver's train_state: the level -level (0 when
+    not given, whatever the solver file says) and the -stage stages added."""
+    return caffe_pb2.NetState(level=args.level or 0, stage=stages(args))
 
 
 def _launch_ranks(args: argparse.Namespace, devices: list[str | None]) -> int:
