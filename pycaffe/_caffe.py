@@ -9,8 +9,9 @@ device the next time they run.
 Host copies. ``.data``/``.diff`` of a blob on the CPU are views of the tensor the
 net computes with. On a CUDA device a blob's ``.data`` is a host copy, as Caffe's
 ``mutable_cpu_data()`` is: the copies handed out are written back to their device
-tensors before the net next computes (``flush_host_copies``), which is when Caffe
-moves a blob's head back to the GPU.
+tensors before the net next computes (``flush_host_copies``, from
+``fcnwild.layers.blob_views``, which Python layers share), which is when Caffe moves
+a blob's head back to the GPU.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import sys
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from fcnwild.layers.registry import registered_types
@@ -30,10 +30,6 @@ _logger = logging.getLogger("fcnwild")
 
 _state = {"gpu": False, "device_id": 0, "generation": 0, "warned": False,
           "solver_count": 1, "solver_rank": 0, "multiprocess": False, "log_handler": None}
-# id(device tensor) -> (tensor, host copy handed out since the last flush)
-_host_copies: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
-# Devices whose tensors numpy can view in place.
-_VIEWABLE = {"cpu"}
 
 
 # --- mode and device ---------------------------------------------------------------------
@@ -77,36 +73,6 @@ def device() -> torch.device:
 def generation() -> int:
     """Changes whenever the mode or the device does: nets compare it to know when to move."""
     return _state["generation"]
-
-
-# --- host copies of device tensors -------------------------------------------------------
-def viewable(tensor: torch.Tensor) -> bool:
-    """Whether numpy can view ``tensor``'s memory in place (a CPU tensor)."""
-    return tensor.device.type in _VIEWABLE
-
-
-def host_array(tensor: torch.Tensor) -> np.ndarray:
-    """A numpy array of ``tensor`` whose writes reach the net: a view on the CPU, a host
-    copy written back at the next ``flush_host_copies`` on other devices."""
-    if viewable(tensor):
-        return tensor.detach().numpy()
-    entry = _host_copies.get(id(tensor))
-    if entry is not None and entry[0] is tensor:
-        return entry[1]
-    array = tensor.detach().to("cpu", copy=True).numpy()
-    _host_copies[id(tensor)] = (tensor, array)
-    return array
-
-
-def flush_host_copies() -> None:
-    """Write every host copy handed out back to its device tensor (Caffe's head moving
-    back to the GPU); later reads make fresh copies."""
-    if not _host_copies:
-        return
-    with torch.no_grad():
-        for tensor, array in _host_copies.values():
-            tensor.detach().copy_(torch.from_numpy(array))
-    _host_copies.clear()
 
 
 # --- seeds, logging, solver counts ---------------------------------------------------------
