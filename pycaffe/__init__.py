@@ -34,7 +34,7 @@ every user a copy or a sync):
   fcnwild's alternating adversarial solver.
 """
 from fcnwild.base.caffe_pb2 import TEST, TRAIN
-from fcnwild.caffe import io, proto
+from fcnwild.caffe import io, proto, pycaffe
 from fcnwild.caffe._caffe import (
     NCCL,
     Timer,
@@ -74,6 +74,6 @@ __all__ = [
     "AdaDeltaSolver", "AdamSolver", "get_solver", "NCCL", "Timer", "init_log", "log",
     "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed", "layer_type_list",
     "solver_count", "set_solver_count", "solver_rank", "set_solver_rank", "set_multiprocess",
-    "has_nccl", "__version__", "TRAIN", "TEST", "Classifier", "Detector", "io", "proto",
+    "has_nccl", "__version__", "TRAIN", "TEST", "Classifier", "Detector", "io", "proto", "pycaffe",
     "NetSpec", "layers", "params", "to_proto",
 ]
