@@ -23,15 +23,18 @@ every user a copy or a sync):
 * ``share_with`` shares the params' diffs with their data (Caffe shares only the data),
   so a backward through the sharing net adds to the other net's param diffs.
 * A Python layer's ``top``/``bottom`` blobs are its own arrays, copied to and from the
-  net's blobs around its calls.
+  net's blobs around its calls. Its learnable blobs (``self.blobs.add_blob``) are the
+  net's params themselves; it adds and reshapes them in ``setup`` only.
+* An exception raised by a Python layer's code reaches the script as raised, with a
+  note naming the layer and the method.
 * Not supported, each raising ``NotImplementedError``: NCCL and multi-process solvers
   (``caffe.NCCL``, ``set_solver_count(n > 1)``; train on several GPUs with
-  ``fcnwild train -gpu``), learnable blobs of Python layers (``blobs.add_blob``),
-  ``Layer.setup`` of built-in layers, ``reshape`` of a learnable blob, and solver
-  callbacks on fcnwild's alternating adversarial solver.
+  ``fcnwild train -gpu``), ``Layer.setup`` of built-in layers, ``add_blob`` and
+  ``reshape`` of a learnable blob once the net is built, and solver callbacks on
+  fcnwild's alternating adversarial solver.
 """
 from fcnwild.base.caffe_pb2 import TEST, TRAIN
-from fcnwild.caffe import io, proto
+from fcnwild.caffe import io, proto, pycaffe
 from fcnwild.caffe._caffe import (
     NCCL,
     Timer,
@@ -50,7 +53,6 @@ from fcnwild.caffe._caffe import (
     solver_count,
     solver_rank,
 )
-from fcnwild.caffe.blob import Blob
 from fcnwild.caffe.classifier import Classifier
 from fcnwild.caffe.detector import Detector
 from fcnwild.caffe.net import Net
@@ -64,6 +66,7 @@ from fcnwild.caffe.solver import (
     SGDSolver,
     get_solver,
 )
+from fcnwild.layers.blob_views import BlobView as Blob
 from fcnwild.layers.python_layer import PythonLayerBase as Layer
 
 __all__ = [
@@ -71,6 +74,6 @@ __all__ = [
     "AdaDeltaSolver", "AdamSolver", "get_solver", "NCCL", "Timer", "init_log", "log",
     "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed", "layer_type_list",
     "solver_count", "set_solver_count", "solver_rank", "set_solver_rank", "set_multiprocess",
-    "has_nccl", "__version__", "TRAIN", "TEST", "Classifier", "Detector", "io", "proto",
+    "has_nccl", "__version__", "TRAIN", "TEST", "Classifier", "Detector", "io", "proto", "pycaffe",
     "NetSpec", "layers", "params", "to_proto",
 ]

@@ -1,6 +1,10 @@
 """pycaffe's process-wide state (``caffe._caffe``): mode and device, seeds, logging,
 solver counts, NCCL, ``Timer`` and the registry of layer types.
 
+The classes pycaffe's extension module exports (``Net``, ``Blob``, ``Layer``, the
+solvers, ``BlobVec`` and the other vector wrappers, ``LayerParameter``,
+``SolverParameter``) are reachable here too, as ``caffe._caffe.<name>``.
+
 Caffe keeps one mode for the whole process and every net follows it at its next
 call. Here ``set_mode_gpu()`` selects CUDA when torch has it (else it warns once
 and stays on the CPU); nets and solvers of ``fcnwild.caffe`` move to the selected
@@ -9,19 +13,23 @@ device the next time they run.
 Host copies. ``.data``/``.diff`` of a blob on the CPU are views of the tensor the
 net computes with. On a CUDA device a blob's ``.data`` is a host copy, as Caffe's
 ``mutable_cpu_data()`` is: the copies handed out are written back to their device
-tensors before the net next computes (``flush_host_copies``), which is when Caffe
-moves a blob's head back to the GPU.
+tensors before the net next computes (``flush_host_copies``, from
+``fcnwild.layers.blob_views``, which Python layers share), which is when Caffe moves
+a blob's head back to the GPU.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import time
 import warnings
 
-import numpy as np
 import torch
 
+from fcnwild.base import caffe_pb2
+from fcnwild.layers.blob_views import BlobVec, BlobView  # noqa: F401  (caffe._caffe.BlobVec)
+from fcnwild.layers.python_layer import PythonLayerBase
 from fcnwild.layers.registry import registered_types
 
 __version__ = "1.0.0"     # the Caffe release whose Python interface this is
@@ -30,10 +38,6 @@ _logger = logging.getLogger("fcnwild")
 
 _state = {"gpu": False, "device_id": 0, "generation": 0, "warned": False,
           "solver_count": 1, "solver_rank": 0, "multiprocess": False, "log_handler": None}
-# id(device tensor) -> (tensor, host copy handed out since the last flush)
-_host_copies: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
-# Devices whose tensors numpy can view in place.
-_VIEWABLE = {"cpu"}
 
 
 # --- mode and device ---------------------------------------------------------------------
@@ -77,36 +81,6 @@ def device() -> torch.device:
 def generation() -> int:
     """Changes whenever the mode or the device does: nets compare it to know when to move."""
     return _state["generation"]
-
-
-# --- host copies of device tensors -------------------------------------------------------
-def viewable(tensor: torch.Tensor) -> bool:
-    """Whether numpy can view ``tensor``'s memory in place (a CPU tensor)."""
-    return tensor.device.type in _VIEWABLE
-
-
-def host_array(tensor: torch.Tensor) -> np.ndarray:
-    """A numpy array of ``tensor`` whose writes reach the net: a view on the CPU, a host
-    copy written back at the next ``flush_host_copies`` on other devices."""
-    if viewable(tensor):
-        return tensor.detach().numpy()
-    entry = _host_copies.get(id(tensor))
-    if entry is not None and entry[0] is tensor:
-        return entry[1]
-    array = tensor.detach().to("cpu", copy=True).numpy()
-    _host_copies[id(tensor)] = (tensor, array)
-    return array
-
-
-def flush_host_copies() -> None:
-    """Write every host copy handed out back to its device tensor (Caffe's head moving
-    back to the GPU); later reads make fresh copies."""
-    if not _host_copies:
-        return
-    with torch.no_grad():
-        for tensor, array in _host_copies.values():
-            tensor.detach().copy_(torch.from_numpy(array))
-    _host_copies.clear()
 
 
 # --- seeds, logging, solver counts ---------------------------------------------------------
@@ -184,15 +158,20 @@ def has_nccl() -> bool:
 class NCCL:
     """pycaffe's NCCL(solver, uid) for multi-GPU solvers: not available here."""
 
-    _MESSAGE = ("caffe.NCCL: fcnwild.caffe has no NCCL (caffe.has_nccl() is False); train on "
-                "several GPUs with `fcnwild train -solver S -gpu 0,1`")
-
     def __init__(self, solver=None, uid=None) -> None:
-        raise NotImplementedError(self._MESSAGE)
+        raise NotImplementedError(_no_nccl("caffe.NCCL"))
 
     @staticmethod
     def new_uid() -> str:
-        raise NotImplementedError(NCCL._MESSAGE)
+        raise NotImplementedError(_no_nccl("caffe.NCCL.new_uid"))
+
+    def bcast(self) -> None:
+        raise NotImplementedError(_no_nccl("NCCL.bcast"))
+
+
+def _no_nccl(what: str) -> str:
+    return (f"{what}: fcnwild.caffe has no NCCL (caffe.has_nccl() is False); train on "
+            "several GPUs with `fcnwild train -solver S -gpu 0,1`")
 
 
 # --- timing and layer types ----------------------------------------------------------------
@@ -237,3 +216,34 @@ def _synchronize() -> None:
 def layer_type_list() -> list[str]:
     """The layer types nets can use, sorted (Caffe's LayerRegistry::LayerTypeList)."""
     return registered_types()
+
+
+# --- the classes of pycaffe's extension module ------------------------------------------
+Blob = BlobView
+Layer = PythonLayerBase
+LayerParameter = caffe_pb2.LayerParameter
+SolverParameter = caffe_pb2.SolverParameter
+
+
+def _vector(name: str) -> type:
+    """pycaffe's wrapper of one std::vector type; fcnwild.caffe hands out plain lists."""
+    return type(name, (list,), {"__module__": __name__,
+                                "__doc__": f"pycaffe's {name}: a list in fcnwild.caffe."})
+
+
+RawBlobVec, LayerVec, StringVec, IntVec, DtypeVec, NetVec, BoolVec = (
+    _vector(name) for name in ("RawBlobVec", "LayerVec", "StringVec", "IntVec", "DtypeVec",
+                               "NetVec", "BoolVec"))
+
+# Defined in modules that import this one: looked up when first asked for.
+_LATER = {"Net": "fcnwild.caffe.net", "Solver": "fcnwild.caffe.solver",
+          "SGDSolver": "fcnwild.caffe.solver", "NesterovSolver": "fcnwild.caffe.solver",
+          "AdaGradSolver": "fcnwild.caffe.solver", "RMSPropSolver": "fcnwild.caffe.solver",
+          "AdaDeltaSolver": "fcnwild.caffe.solver", "AdamSolver": "fcnwild.caffe.solver",
+          "get_solver": "fcnwild.caffe.solver"}
+
+
+def __getattr__(name: str):
+    if name in _LATER:
+        return getattr(importlib.import_module(_LATER[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,8 +18,8 @@ import numpy as np
 
 from fcnwild.base.errors import FcnwildError, NetError, WeightsError
 from fcnwild.caffe import _caffe
-from fcnwild.caffe.blob import Blob, ParamView
-from fcnwild.layers.python_layer import BlobVec
+from fcnwild.caffe.blob import NetBlobView
+from fcnwild.layers.blob_views import BlobVec, LayerParam, flush_host_copies
 from fcnwild.nets.net import Net as FcnNet
 
 log = logging.getLogger("fcnwild.caffe")
@@ -61,7 +61,7 @@ class Net:
         self._owner = owner
         self._generation = _caffe.generation()
         self._blob_names = list(net.blobs)
-        self._blobs = [Blob(blob) for blob in net.blobs.values()]
+        self._blobs = [NetBlobView(blob) for blob in net.blobs.values()]
         self.blobs = OrderedDict(zip(self._blob_names, self._blobs))
         self._layer_names = list(net.layer_names)
         self.layers = [_layer_view(net, i) for i in range(len(net.layers))]
@@ -106,7 +106,7 @@ class Net:
     def _prepare(self) -> None:
         """Before the net computes: host copies go back to the device, and the net
         follows a mode or device change (Caffe's mode is process-wide)."""
-        _caffe.flush_host_copies()
+        flush_host_copies()
         if self._owner is not None:
             self._owner._prepare()
         elif self._generation != _caffe.generation():
@@ -326,7 +326,7 @@ class Net:
     def _run_callbacks(self, kind: str, i: int) -> None:
         for callback in self._callbacks[kind]:
             callback(i)
-        _caffe.flush_host_copies()
+        flush_host_copies()
 
     # ------------------------------------------------------------------ helpers
     def _layer_index(self, name: str) -> int:
@@ -349,7 +349,9 @@ class LayerView:
         layer = net.layers[index]
         self._layer = layer
         self.type = layer.type_name
-        self.blobs = BlobVec(ParamView(net, layer.name, k) for k in range(len(layer.blobs)))
+        self.blobs = BlobVec((LayerParam(layer, k) for k in range(len(layer.blobs))),
+                             refusal=f"BlobVec.add_blob on the built-in {self.type} layer "
+                                     f"'{layer.name}': its learnable blobs are Caffe's")
 
     def reshape(self, bottom, top) -> None:
         """Reshape the ``top`` blobs for the ``bottom`` blobs' shapes (Layer::Reshape)."""

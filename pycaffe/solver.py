@@ -14,6 +14,7 @@ from fcnwild.base import caffe_pb2
 from fcnwild.base.errors import SolverError
 from fcnwild.caffe import _caffe
 from fcnwild.caffe.net import Net, check_file, release_views
+from fcnwild.layers.blob_views import flush_host_copies
 from fcnwild.nets.prototxt import read_solver_param
 from fcnwild.solvers import create_solver
 from fcnwild.solvers.adversarial import AlternatingSolver
@@ -51,7 +52,7 @@ class Solver:
 
     def _prepare(self) -> None:
         """Before the solver computes: host copies go back, and it follows a mode change."""
-        _caffe.flush_host_copies()
+        flush_host_copies()
         if self._generation != _caffe.generation():
             self._generation = _caffe.generation()
             self._solver.to(_caffe.device())
@@ -109,11 +110,11 @@ class _Callback:
 
     def on_start(self) -> None:
         self._on_start()
-        _caffe.flush_host_copies()
+        flush_host_copies()
 
     def on_gradients_ready(self) -> None:
         self._on_gradients_ready()
-        _caffe.flush_host_copies()
+        flush_host_copies()
 
 
 class SGDSolver(Solver):

@@ -86,13 +86,14 @@ def test_the_base_class_names_what_a_layer_lacks():
         layer.blobs.add_blob(2, 3)
 
 
-def test_a_layer_without_reshape_fails_at_build_naming_the_layer(tmp_path, monkeypatch):
+def test_a_layer_without_reshape_fails_at_build_with_a_note_naming_the_layer(tmp_path, monkeypatch):
     write(tmp_path / "noreshape.py", "import caffe\n\nclass NoReshape(caffe.Layer):\n"
                                      "    pass\n")
     monkeypatch.setitem(sys.modules, "caffe", caffe)
     net = write(tmp_path / "n.prototxt", 'layer { name: "p" type: "Python" top: "x" '
                                          'python_param { module: "noreshape" '
                                          'layer: "NoReshape" } }')
-    with pytest.raises(NetError, match="NoReshape defines no reshape") as info:
+    with pytest.raises(NotImplementedError, match="NoReshape defines no reshape") as info:
         caffe.Net(str(net), caffe.TEST)
-    assert info.value.layer == "p"
+    assert info.value.__notes__ == [f"raised by reshape() of Python layer 'p' "
+                                    f"(noreshape.NoReshape) of {net}"]

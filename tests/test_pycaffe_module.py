@@ -12,6 +12,7 @@ import torch
 
 import fcnwild.caffe as caffe
 from fcnwild.caffe import _caffe
+from fcnwild.layers import blob_views
 from fcnwild.layers.registry import registered_types
 from pycaffe_cases import IP_NET, ip_expected
 from solver_cases import write
@@ -71,7 +72,7 @@ def test_nets_follow_a_mode_or_device_change_at_their_next_call(fresh_state, tmp
 def test_host_copies_reach_the_net_before_it_next_runs(fresh_state, tmp_path, monkeypatch):
     """The path CUDA blobs take (host copies, written back at the next call), run on the
     CPU by treating no device as viewable."""
-    monkeypatch.setattr(_caffe, "_VIEWABLE", set())
+    monkeypatch.setattr(blob_views, "_VIEWABLE", set())
     net = caffe.Net(str(write(tmp_path / "n.prototxt", IP_NET)), caffe.TEST)
     x = np.random.RandomState(0).randn(2, 3, 2, 2).astype(np.float32)
     data = net.blobs["data"].data

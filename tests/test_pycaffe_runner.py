@@ -118,3 +118,33 @@ def test_installing_fcnwild_adds_no_top_level_caffe():
     for cwd in (REPO, REPO / "pycaffe"):
         result = _run([sys.executable, "-c", probe], cwd=cwd, env=env)
         assert result.returncode == 0 and result.stdout.strip() == "None", result.stdout
+
+
+TRAIN_SCRIPT = '''
+import caffe
+solver = caffe.SGDSolver("solver.prototxt")
+solver.step(2)
+'''
+
+
+def test_solver_log_shows_on_stderr_as_pycaffes_glog_does(tmp_path, capsys):
+    """pycaffe writes Caffe's log to stderr until a script calls init_log: so do the
+    runner and the shim; importing fcnwild.caffe alone configures no logging."""
+    write(tmp_path / "ipnet.prototxt", IP_NET.replace(
+        'layer { name: "zeta"', 'layer { name: "loss" type: "EuclideanLoss" bottom: "ip" '
+        'bottom: "ip" top: "loss" }\nlayer { name: "zeta"'))
+    write(tmp_path / "solver.prototxt", 'net: "ipnet.prototxt" base_lr: 0.01 '
+                                        'lr_policy: "fixed" max_iter: 2 display: 1')
+    script = write(tmp_path / "train.py", TRAIN_SCRIPT)
+    assert cli.main(["pycaffe", "--shim-path"]) == 0
+    shim = capsys.readouterr().out.strip()
+    env = dict(os.environ, PYTHONPATH=shim)
+    for command, environment in (
+            ([sys.executable, "-m", "fcnwild.tools.cli", "pycaffe", str(script)], None),
+            ([sys.executable, str(script)], env)):
+        result = _run(command, cwd=tmp_path, env=environment)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Iteration 0" in result.stderr and "Iteration 1" in result.stderr
+        assert "Train net output #0: loss" in result.stderr
+    probe = "import logging, fcnwild.caffe; print(logging.getLogger('fcnwild').handlers)"
+    assert _run([sys.executable, "-c", probe], cwd=tmp_path).stdout.strip() == "[]"

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import fcnwild.caffe
+from fcnwild.caffe._caffe import init_log
 from fcnwild.caffe.importer import install_caffe_alias
 
 
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"fcnwild pycaffe: error: can't open file '{script}'", file=sys.stderr)
         return 2
     install_caffe_alias()
+    # pycaffe's glog writes to stderr until the script initialises it.
+    init_log()
     sys.argv = [str(script), *args.args]
     sys.path.insert(0, os.path.dirname(os.path.realpath(script)))
     runpy.run_path(str(script), run_name="__main__")
