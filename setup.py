@@ -7,7 +7,13 @@ data/, tools/); each folder is installed under the ``fcnwild`` namespace
 """
 from setuptools import setup
 
-SUBPACKAGES = ["base", "layers", "nets", "solvers", "data", "tools"]
+# Python package -> folder of this repository.
+PACKAGES = {f"fcnwild.{folder}": folder
+            for folder in ("base", "layers", "nets", "solvers", "data", "tools")}
+PACKAGES["fcnwild.tools.experiment"] = "tools/experiment"
+# The pycaffe-compatible module lives in pycaffe/ and installs as fcnwild.caffe: a top-level
+# caffe/ folder would shadow a real pycaffe for scripts run from the repository root.
+PACKAGES.update({"fcnwild.caffe": "pycaffe", "fcnwild.caffe.proto": "pycaffe/proto"})
 
 setup(
     name="fcnwild",
@@ -17,9 +23,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=[f"fcnwild.{p}" for p in SUBPACKAGES],
-    package_dir={f"fcnwild.{p}": p for p in SUBPACKAGES},
-    package_data={"fcnwild.base": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"]},
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    # The opt-in `import caffe` shim (fcnwild pycaffe --shim-path) and `caffe` executable
+    # (its bin/ folder, never put on PATH) are data, not packages.
+    package_data={"fcnwild.base": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"],
+                  "fcnwild.caffe": ["shim/caffe/__init__.py", "shim/bin/caffe"]},
     install_requires=[
         # torch is constrained to the CPU 2.13.0 wheel by constraints.txt in the
         # README commands; the open range here keeps other installs possible.
@@ -36,9 +45,14 @@ setup(
         "opencv-python-headless>=4.5",
         # Progress bars for training, evaluation and the demo.
         "tqdm>=4.60",
+        # Caffe's Data layer reads its Datum records from LMDB or LevelDB stores.
+        "lmdb>=1.4",
+        "plyvel>=1.5",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "cityscapesscripts>=2.2"],
+        "test": ["pytest>=7", "hypothesis>=6", "cityscapesscripts>=2.2", "pydot>=1.4"],
+        # fcnwild.caffe.draw (pycaffe's net drawing); rendering also needs Graphviz's dot.
+        "draw": ["pydot>=1.4"],
         "dev": ["grpcio-tools>=1.62"],
     },
     entry_points={"console_scripts": ["fcnwild = fcnwild.tools.cli:main"]},

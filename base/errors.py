@@ -59,3 +59,7 @@ class DivergenceError(SolverError):
 
 class DatasetError(FcnwildError):
     """A dataset root, image or label that is missing, unreadable or in the wrong layout."""
+
+
+class UsageError(FcnwildError):
+    """A command-line flag or an experiment setting that fcnwild cannot act on."""

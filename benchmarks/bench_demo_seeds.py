@@ -1,7 +1,7 @@
 """The demo's claim over several seeds: target-val mIoU of source-only, GA, GA+CA and the
 oracle on the embedded synthetic benchmark (demo issue).
 
-Runs ``fcnwild adapt``'s schedule (solvers/adaptation.py, the demo's settings) once per
+Runs ``fcnwild adapt``'s schedule (tools/experiment/, the demo's settings) once per
 seed, each in ``OUT/seed_<k>`` (resumable: finished stages are kept), then prints per
 stage the mIoU of every seed and their mean +- std, and whether GA and CA each add on
 average and GA+CA reaches source-only + 5 points.
@@ -20,9 +20,10 @@ import torch
 
 from fcnwild.data.labels import CITYSCAPES19
 from fcnwild.data.synthetic import BENCHMARK_TRAIN_IDS
-from fcnwild.solvers.adaptation import STAGES, STAGE_TITLES, AdaptationRun, synthetic_experiment
 from fcnwild.tools.allocator import retain_freed_memory
 from fcnwild.tools.demo_cmd import benchmark_miou
+from fcnwild.tools.experiment.config import STAGE_TITLES, STAGES, synthetic_experiment
+from fcnwild.tools.experiment.run import AdaptationRun
 
 
 def main() -> None:

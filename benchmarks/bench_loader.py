@@ -31,6 +31,7 @@ from torch import nn
 from fcnwild.data.datasets import open_dataset
 from fcnwild.data.loader import BlobFeeder
 from fcnwild.data.transforms import CaffeTransform
+from fcnwild.nets.frontend import ARCHITECTURES
 
 
 def generate(root: Path, images: int) -> None:
@@ -75,7 +76,9 @@ def main() -> None:
     try:
         generate(root, args.images)
         dataset = open_dataset(f"cityscapes:{root}", "train")
-        transform = CaffeTransform(crop_size=500, mirror=True, scale=(0.75, 1.25))
+        transform = CaffeTransform(crop_size=500, margin=ARCHITECTURES["frontend"].margin,
+                                   label_stride=ARCHITECTURES["frontend"].stride, mirror=True,
+                                   scale=(0.75, 1.25))
 
         serial = BlobFeeder(dataset, transform, args.batch, workers=0, seed=1)
         next(serial)

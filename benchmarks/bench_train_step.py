@@ -265,7 +265,7 @@ def main() -> None:
             if args.solver_iterations:
                 solver = run_child(["--child", "solver", "--model", str(paths["solver"]),
                                     "--iterations", str(args.solver_iterations)], env)
-                print(f"\n== GA+CA alternating solver (ga_ca_solver.prototxt)")
+                print("\n== GA+CA alternating solver (ga_ca_solver.prototxt)")
                 print_solver_report(solver)
 
 

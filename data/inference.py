@@ -23,7 +23,7 @@ from tqdm import tqdm
 from fcnwild.base.errors import NetError
 from fcnwild.data.base import SegmentationDataset, SkippedSamples
 from fcnwild.data.evaluation import ConfusionMatrix, EvaluationResult, PredictionWriter
-from fcnwild.data.transforms import FRONT_END_MARGIN, pad_reflect101
+from fcnwild.data.transforms import pad_reflect101
 
 _ROWS_PER_CHUNK = 64
 
@@ -54,7 +54,7 @@ def interp_map(prob: np.ndarray, zoom: int, width: int, height: int) -> np.ndarr
 class TiledPredictor:
     """Predicts train ids for whole images with a deploy net of fixed input size."""
 
-    def __init__(self, net: Any, mean_bgr: Sequence[float], *, margin: int = FRONT_END_MARGIN,
+    def __init__(self, net: Any, mean_bgr: Sequence[float], *, margin: int,
                  batch_size: int = 1, input_blob: str | None = None, output_blob: str | None = None) -> None:
         self.net = net
         self.mean = np.asarray(mean_bgr, dtype=np.float32)

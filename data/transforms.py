@@ -7,7 +7,7 @@ DataTransformer, which the dilated front-end was trained with:
 1. optional fixed resize, then optional random scale (labels: nearest;
    image: cubic when enlarging, area when shrinking);
 2. RGB -> BGR, pixel values kept in 0..255 (imported VGG weights expect this);
-3. the image is padded by the net's margin (186 px for the front-end) with
+3. the image is padded by the net's margin (its context per side) with
    reflect-101 borders and the label by the same margin with 255 (ignore), so
    every label pixel sees real-looking context; images still smaller than the
    crop are padded to it, centred, in the same way;
@@ -31,8 +31,6 @@ import numpy as np
 
 from fcnwild.base.errors import DatasetError
 from fcnwild.data.labels import CITYSCAPES_MEAN_BGR, IGNORE
-
-FRONT_END_MARGIN = 186
 
 
 def pad_reflect101(image: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
@@ -75,14 +73,14 @@ def _resize(image: np.ndarray, label: np.ndarray | None, width: int, height: int
 class CaffeTransform:
     """One training (or test) sample: RGB uint8 image + train-id label -> the net's data/label blobs."""
 
-    crop_size: int | None = 500
-    margin: int = FRONT_END_MARGIN
+    crop_size: int | None = None    # None: the whole (padded) image
+    margin: int = 0                 # the net's context margin per side (FrontEnd.margin)
     mean_bgr: tuple[float, float, float] = CITYSCAPES_MEAN_BGR
     mirror: bool = True
     random_crop: bool = True
     scale: tuple[float, float] | None = None
     resize: tuple[int, int] | None = None
-    label_stride: int = 8
+    label_stride: int = 1
 
     def __post_init__(self) -> None:
         if self.margin < 0 or self.label_stride < 1:

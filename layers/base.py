@@ -18,10 +18,25 @@ import torch
 from torch import Tensor, nn
 
 from fcnwild.base import caffe_pb2
-from fcnwild.base.errors import NetError
+from fcnwild.base.errors import DatasetError, NetError
 
 Shape = tuple[int, ...]
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+
+
+def find_input(path: str | Path, first_dir: Path | None, what: str, layer: str, *,
+               folder: bool = False) -> Path:
+    """An input file (or ``folder``) a layer names: a relative path is looked up in
+    ``first_dir`` (the prototxt's folder, or a list file's), then in the working
+    directory, where Caffe looks."""
+    path = Path(path)
+    candidates = [path] if path.is_absolute() else \
+        [d / path for d in (first_dir, Path.cwd()) if d is not None]
+    for candidate in candidates:
+        if candidate.is_dir() if folder else candidate.is_file():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise DatasetError(f"{what} not found (tried {tried})", file=path, layer=layer)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from fcnwild.base import caffe_pb2
 from fcnwild.layers.axes import canonical_axis, count, shape_str
 from fcnwild.layers.base import Layer, LayerContext, Shape
 from fcnwild.layers.conv_ops import convolution, deconvolution
-from fcnwild.layers.fillers import fill
+from fcnwild.layers.fillers import ErrorFactory, fill
 from fcnwild.layers.registry import register
 
 
@@ -32,6 +32,21 @@ class ConvGeometry:
 
     def extent(self, i: int) -> int:
         return self.dilation[i] * (self.kernel[i] - 1) + 1
+
+    def output_size(self, i: int, size: int, error: ErrorFactory,
+                    transposed: bool = False) -> int:
+        """Spatial axis ``i`` of the output: convolution (and im2col) floor, or the
+        transposed convolution's ``stride * (size - 1) + extent - 2 * pad``."""
+        if transposed:
+            out = self.stride[i] * (size - 1) + self.extent(i) - 2 * self.pad[i]
+        else:
+            span = size + 2 * self.pad[i] - self.extent(i)
+            out = span // self.stride[i] + 1 if span >= 0 else 0
+        if out <= 0:
+            raise error(f"spatial axis {i} of size {size} gives no output with kernel "
+                        f"{self.kernel[i]}, dilation {self.dilation[i]}, stride "
+                        f"{self.stride[i]}, pad {self.pad[i]}")
+        return out
 
 
 class _ConvolutionBase(Layer):
@@ -55,7 +70,7 @@ class _ConvolutionBase(Layer):
             raise self.error(f"{self.type_name} supports 1 to 3 spatial axes; bottom "
                              f"{shape_str(shape)} with channel axis {self.channel_axis} has "
                              f"{num_spatial}")
-        self.geometry = _read_geometry(self, num_spatial)
+        self.geometry = read_conv_geometry(self, num_spatial)
         if not p.HasField("num_output") or p.num_output == 0:
             raise self.error(f"{self.type_name} needs num_output > 0")
         channels, self.num_output, self.group = shape[self.channel_axis], p.num_output, p.group
@@ -88,22 +103,10 @@ class _ConvolutionBase(Layer):
             raise self.error(f"bottom has {first[self.channel_axis]} channels; the weights "
                              f"expect {self.channels}")
         spatial = first[self.channel_axis + 1:]
-        out = tuple(self._output_size(i, d) for i, d in enumerate(spatial))
+        out = tuple(self.geometry.output_size(i, d, self.error, self.transposed)
+                    for i, d in enumerate(spatial))
         top = first[:self.channel_axis] + (self.num_output,) + out
         return [top] * len(bottom_shapes)
-
-    def _output_size(self, i: int, size: int) -> int:
-        g = self.geometry
-        if self.transposed:
-            out = g.stride[i] * (size - 1) + g.extent(i) - 2 * g.pad[i]
-        else:
-            span = size + 2 * g.pad[i] - g.extent(i)
-            out = span // g.stride[i] + 1 if span >= 0 else 0
-        if out <= 0:
-            raise self.error(f"spatial axis {i} of size {size} gives no output with kernel "
-                             f"{g.kernel[i]}, dilation {g.dilation[i]}, stride {g.stride[i]}, "
-                             f"pad {g.pad[i]}")
-        return out
 
     def forward(self, *bottoms: Tensor) -> tuple[Tensor, ...]:
         op = deconvolution if self.transposed else convolution
@@ -123,7 +126,9 @@ class _ConvolutionBase(Layer):
         return tuple(tops)
 
 
-def _read_geometry(layer: Layer, num_spatial: int) -> ConvGeometry:
+def read_conv_geometry(layer: Layer, num_spatial: int) -> ConvGeometry:
+    """Kernel, stride, pad and dilation from ``layer``'s convolution_param, with Caffe's
+    rules (once or once per spatial axis, or the 2-D ``_h``/``_w`` forms)."""
     p = layer.param.convolution_param
 
     def per_axis(name: str, repeated: Sequence[int], h_name: str, w_name: str,

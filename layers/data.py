@@ -16,7 +16,7 @@ from torch import Tensor
 
 from fcnwild.base import caffe_pb2
 from fcnwild.base.errors import DatasetError
-from fcnwild.layers.base import TEST, Layer, LayerContext, Shape
+from fcnwild.layers.base import TEST, Layer, LayerContext, Shape, find_input
 from fcnwild.layers.fillers import fill
 from fcnwild.layers.registry import register
 
@@ -29,6 +29,14 @@ class _DataLayer(Layer):
                  ctx: LayerContext | None = None) -> None:
         super().__init__(param, ctx)
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
+
+    def check_source_and_batch(self, field: str) -> None:
+        """Caffe's checks of a data layer's ``source`` and ``batch_size`` in ``field``."""
+        p = getattr(self.param, field)
+        if not p.source:
+            raise self.error(f"{field}.source is not set")
+        if p.batch_size == 0:
+            raise self.error(f"{field}.batch_size must be > 0")
 
     def _like_net(self, tensor: Tensor) -> Tensor:
         return tensor.to(device=self._anchor.device, dtype=self._anchor.dtype)
@@ -124,13 +132,11 @@ class HDF5Data(_DataLayer):
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
         p = self.param.hdf5_data_param
-        if not p.source:
-            raise self.error("hdf5_data_param.source is not set")
-        if p.batch_size == 0:
-            raise self.error("hdf5_data_param.batch_size must be > 0")
+        self.check_source_and_batch("hdf5_data_param")
         self.batch_size, self.shuffle = p.batch_size, p.shuffle
         self.shard_rank, self.shard_count = 0, 1
-        self.list_path = self._resolve(Path(p.source), self.ctx.base_dir, "HDF5 source list")
+        self.list_path = find_input(p.source, self.ctx.base_dir, "HDF5 source list",
+                                    self.name)
         try:
             names = self.list_path.read_text().split()
         except (OSError, UnicodeDecodeError) as err:
@@ -139,19 +145,10 @@ class HDF5Data(_DataLayer):
         if not names:
             raise DatasetError("the HDF5 source list names no .h5 file", file=self.list_path,
                                layer=self.name)
-        self.files = [self._resolve(Path(n), self.list_path.parent, "HDF5 file") for n in names]
+        self.files = [find_input(n, self.list_path.parent, "HDF5 file", self.name) for n in names]
         self.file_order = self._permutation(len(self.files))
         self.reset()
         self.row_shapes = [tuple(d.shape[1:]) for d in self.datasets]
-
-    def _resolve(self, path: Path, first_dir: Path | None, what: str) -> Path:
-        candidates = [path] if path.is_absolute() else \
-            [d / path for d in (first_dir, Path.cwd()) if d is not None]
-        for candidate in candidates:
-            if candidate.is_file():
-                return candidate
-        tried = ", ".join(str(c) for c in candidates)
-        raise DatasetError(f"{what} not found (tried {tried})", file=path, layer=self.name)
 
     def _permutation(self, n: int) -> Tensor:
         return torch.randperm(n) if self.shuffle else torch.arange(n)

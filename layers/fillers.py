@@ -111,6 +111,28 @@ def _bilinear(param: FillerParameter, shape: tuple[int, ...], error: ErrorFactor
     return kernel.expand(shape).contiguous()
 
 
+def _identity(param: FillerParameter, shape: tuple[int, ...], error: ErrorFactory) -> Tensor:
+    """fyu/caffe-dilation's context-module initialisation (Yu & Koltun 2016, sec. 3): the
+    centre tap maps input channel a to output b with C / c_out when a*C // c_in equals
+    b*C // c_out (C = num_groups, the classes; default c_out), every other weight is
+    N(0, std^2) noise; with c_in = c_out = C the layer starts as the identity."""
+    if len(shape) != 4:
+        raise error(f"identity filler needs a 4-axis (convolution) blob, got shape {shape}")
+    if param.std < 0:
+        raise error(f"identity filler needs std >= 0, got {param.std}")
+    outputs, inputs, height, width = shape
+    groups = param.num_groups or outputs
+    if groups < 0:
+        raise error(f"identity filler needs num_groups >= 0, got {groups}")
+    data = torch.empty(shape, dtype=torch.float32).normal_(0.0, param.std) if param.std \
+        else torch.zeros(shape, dtype=torch.float32)
+    out_group = torch.arange(outputs)[:, None] * groups // outputs
+    in_group = torch.arange(inputs)[None, :] * groups // inputs
+    centre = data[:, :, height // 2, width // 2]
+    centre[out_group == in_group] = groups / outputs
+    return data
+
+
 _FILLERS = {
     "constant": _constant,
     "uniform": _uniform,
@@ -119,4 +141,5 @@ _FILLERS = {
     "xavier": _xavier,
     "msra": _msra,
     "bilinear": _bilinear,
+    "identity": _identity,
 }

@@ -19,14 +19,14 @@ For every image of its score blob (coarse scores f, N = H*W pixels):
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from fcnwild.base.errors import FcnwildError
-from fcnwild.layers.base import Layer, Shape
+from fcnwild.data.class_stats import load_class_stats
+from fcnwild.layers.base import Layer, Shape, find_input
 from fcnwild.layers.constraint_solver import (
     predicted_present,
     size_constraints,
@@ -79,7 +79,6 @@ class ConstrainedMILLoss(Layer):
     no_grad_bottoms = (1,)
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
-        from fcnwild.data.class_stats import load_class_stats
         p = self.param.constrained_mil_param
         if len(bottom_shapes[0]) < 3:
             raise self.error(f"scores must be (N, C, H, W), got {tuple(bottom_shapes[0])}")
@@ -87,10 +86,7 @@ class ConstrainedMILLoss(Layer):
         if not p.class_stats:
             raise self.error("constrained_mil_param.class_stats is required (a file written "
                              "by `fcnwild stats`)")
-        path = Path(p.class_stats)
-        if not path.is_absolute() and self.ctx.base_dir is not None \
-                and (self.ctx.base_dir / path).exists():
-            path = self.ctx.base_dir / path
+        path = find_input(p.class_stats, self.ctx.base_dir, "class statistics", self.name)
         try:
             stats = load_class_stats(path, classes)
         except FcnwildError as err:

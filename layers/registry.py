@@ -21,16 +21,18 @@ def register(type_name: str) -> Callable[[T], T]:
 
 
 def layer_class(type_name: str, *, layer: str | None = None, file: str | None = None) -> type:
-    """The class registered for ``type_name``; a NetError naming the layer otherwise."""
-    import fcnwild.layers  # noqa: F401  (importing the package registers every layer)
+    """The class registered for ``type_name``; a NetError naming the layer otherwise.
+
+    Every layer is registered by then: importing this module imports the package
+    ``fcnwild.layers`` first, which imports every layer module."""
     try:
         return _REGISTRY[type_name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
+        known = ", ".join(registered_types())
         raise NetError(f"unknown layer type {type_name!r}; known types: {known}",
                        layer=layer, file=file) from None
 
 
 def registered_types() -> list[str]:
-    import fcnwild.layers  # noqa: F401
+    """Every registered Caffe type string, sorted."""
     return sorted(_REGISTRY)

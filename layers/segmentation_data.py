@@ -23,6 +23,9 @@ import torch
 from torch import Tensor
 
 from fcnwild.base.errors import DatasetError, FcnwildError
+from fcnwild.data.datasets import open_dataset
+from fcnwild.data.loader import BlobFeeder
+from fcnwild.data.transforms import CaffeTransform
 from fcnwild.layers.base import Shape
 from fcnwild.layers.data import _DataLayer
 from fcnwild.layers.registry import register
@@ -46,8 +49,6 @@ class SegmentationData(_DataLayer):
     num_tops = (1, 3)
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
-        from fcnwild.data.datasets import open_dataset
-        from fcnwild.data.transforms import CaffeTransform
         p = self.param.segmentation_data_param
         if not p.source:
             raise self.error("segmentation_data_param.source is required, e.g. "
@@ -125,7 +126,6 @@ class SegmentationData(_DataLayer):
 
     def forward(self) -> tuple[Tensor, ...]:
         if self._feeder is None:
-            from fcnwild.data.loader import BlobFeeder
             p = self.param.segmentation_data_param
             self._feeder = BlobFeeder(
                 self.dataset, self.transform, self.batch_size,

@@ -4,6 +4,11 @@
 the net, as in pycaffe); on other devices they are copies, and assignment
 (``blob.data = array``) copies back. ``.tensor``/``.grad`` give the torch
 tensors themselves.
+
+Each forward gives a blob a new top tensor. A *pinned* blob instead keeps its
+buffers and copies new values into them while the shape stays the same, so
+numpy views handed out earlier (pycaffe's ``fcnwild.caffe``) see every later
+forward and backward, as pycaffe's views of Caffe's blob memory do.
 """
 from __future__ import annotations
 
@@ -19,6 +24,13 @@ def _numpy_view(tensor: Tensor) -> np.ndarray:
     return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
 
 
+def _fits(buffer: Tensor | None, value: Tensor) -> bool:
+    """Whether ``value`` can be copied into ``buffer`` (a distinct tensor of its layout)."""
+    return buffer is not None and buffer.data_ptr() != value.data_ptr() \
+        and buffer.shape == value.shape and buffer.dtype == value.dtype \
+        and buffer.device == value.device
+
+
 class Blob:
     """A named blob of the net: data, diff and shape."""
 
@@ -30,6 +42,7 @@ class Blob:
         self._dtype = dtype
         self._data: Tensor | None = None
         self._diff: Tensor | None = None
+        self.pinned = False
 
     # --- data ------------------------------------------------------------------------
     @property
@@ -40,7 +53,11 @@ class Blob:
 
     @tensor.setter
     def tensor(self, value: Tensor) -> None:
-        self._data = value
+        if self.pinned and _fits(self._data, value):
+            with torch.no_grad():
+                self._data.copy_(value)
+        else:
+            self._data = value
         self._shape = tuple(value.shape)
 
     @property
@@ -60,7 +77,15 @@ class Blob:
 
     @grad.setter
     def grad(self, value: Tensor | None) -> None:
-        self._diff = value
+        if self.pinned and self._diff is not None and \
+                (value is None or _fits(self._diff, value)):
+            with torch.no_grad():
+                if value is None:
+                    self._diff.zero_()
+                else:
+                    self._diff.copy_(value)
+        else:
+            self._diff = value
 
     @property
     def diff(self) -> np.ndarray:

@@ -1,9 +1,10 @@
-"""The dilated front-end family (Yu & Koltun) and FCNs in the Wild's nets and solvers on it,
-as NetParameter/SolverParameter data (Caffe's net_spec idea, for this one family).
+"""The dilated front-end family (Yu & Koltun) and FCNs in the Wild's nets on it, as
+NetParameter data (Caffe's net_spec idea, for this one family).
 
-The prototxt files under prototxt/ are written from here (``write_all``; a
-test checks they are current), and ``fcnwild adapt`` builds its nets the same
-way, so a published spec and what the tools train can never drift apart.
+The prototxt files under prototxt/ are written from here by the experiment
+module (``fcnwild.tools.experiment``; a test checks they are current), and
+``fcnwild adapt`` builds its nets the same way, so a published spec and what the
+tools train can never drift apart.
 
 Nets of one architecture:
 - ``deploy_net``: Input -> front-end -> Softmax ``prob`` at 1/8 resolution;
@@ -18,14 +19,10 @@ Nets of one architecture:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-
-from google.protobuf import text_format
+from dataclasses import dataclass, replace
 
 from fcnwild.base import caffe_pb2
-
-CITYSCAPES_MEAN_BGR = (72.39, 82.91, 73.16)   # fyu/dilation datasets/cityscapes.json
+from fcnwild.data.labels import CITYSCAPES_MEAN_BGR
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,7 @@ class FrontEnd:
     fc6_kernel: int = 7
     fc6_dilation: int = 4
     dropout: float = 0.5
-    padded: bool = False                # the published nets pad nothing: a 186 px margin
+    padded: bool = False                # the published nets pad nothing (see margin)
     domain_widths: tuple[int, ...] = (1024, 1024)   # hidden 1x1 convs of the domain classifier
     domain_dropout: float = 0.5
     # Nets trained from scratch (the demo's) scale Caffe's 0-255 mean-subtracted input
@@ -310,58 +307,3 @@ def domain_classifier_layers(arch: FrontEnd, features: str = "fc7",
 def classifier_layer_names(arch: FrontEnd) -> list[str]:
     return [f"{CLASSIFIER_PREFIX}fc{i}" for i in range(1, len(arch.domain_widths) + 1)] + \
         [f"{CLASSIFIER_PREFIX}score"]
-
-
-# --------------------------------------------------------------------------- solvers
-@dataclass(frozen=True)
-class SolverSettings:
-    base_lr: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_policy: str = "fixed"
-    max_iter: int = 20000
-    iter_size: int = 1
-    display: int = 20
-    snapshot: int = 2000
-    solver_type: str = "SGD"
-    classifier_lr_mult: float = 1.0
-    domain_weight: float = 1.0       # lambda of the representation's 1/2 (L_D + L_Dinv)
-    mil_weight: float = 1.0          # weight of L_mi
-    random_seed: int = 0
-    extra: dict = field(default_factory=dict)
-
-
-def solver_param(net: str, prefix: str, settings: SolverSettings, *,
-                 adversarial: FrontEnd | None = None, category: bool = False
-                 ) -> caffe_pb2.SolverParameter:
-    s = settings
-    param = caffe_pb2.SolverParameter(
-        net=net, type=s.solver_type, base_lr=s.base_lr, lr_policy=s.lr_policy,
-        weight_decay=s.weight_decay, max_iter=s.max_iter, iter_size=s.iter_size,
-        display=s.display, snapshot=s.snapshot, snapshot_prefix=prefix,
-        random_seed=s.random_seed, average_loss=20)
-    if s.solver_type in ("SGD", "Nesterov", "Adam", "AdaDelta"):
-        param.momentum = s.momentum
-    for key, value in s.extra.items():
-        setattr(param, key, value)
-    if adversarial is not None:
-        a = param.adversarial_param
-        a.classifier_layer.extend(classifier_layer_names(adversarial))
-        a.classifier_lr_mult = s.classifier_lr_mult
-        a.classifier_loss.add(top="dom_loss", weight=1)
-        a.representation_loss.add(top="loss", weight=1)
-        a.representation_loss.add(top="dom_loss", weight=0.5 * s.domain_weight)
-        a.representation_loss.add(top="dom_loss_inv", weight=0.5 * s.domain_weight)
-        if category:
-            a.representation_loss.add(top="mil_loss", weight=s.mil_weight)
-    return param
-
-
-def to_text(message, header: str = "") -> str:
-    comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
-    return comment + text_format.MessageToString(message)
-
-
-def write(path: Path, message, header: str = "") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_text(message, header), encoding="utf-8")

@@ -39,6 +39,14 @@ from fcnwild.nets.netstate import filter_net, make_state
 from fcnwild.nets.prototxt import read_net_param
 from fcnwild.nets.splits import insert_splits
 from fcnwild.nets.upgrade import upgrade_net
+from fcnwild.nets.weights import (
+    is_hdf5,
+    is_torch,
+    open_weights,
+    write_caffemodel,
+    write_caffemodel_h5,
+    write_torch_weights,
+)
 
 PathLike = str | os.PathLike
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -398,25 +406,25 @@ class Net(nn.Module):
             with torch.no_grad():
                 layer.forward_inplace(self.blobs[name].tensor)
             return self._weighted_loss(i)
+        bottoms, tops = self._run_layer(i, record, replace_tops=True)
+        for name, top in zip(self.top_names[i], tops):
+            self.blobs[name].tensor = top
+        self._layer_io[i] = (bottoms, tops) if record else None
+        return self._weighted_loss(i)
+
+    def _run_layer(self, i: int, record: bool, replace_tops: bool = False
+                   ) -> tuple[list[Tensor], tuple[Tensor, ...]]:
+        """Layer ``i``'s forward on detached copies of its bottoms; with ``record``, autograd
+        records it for the layer's own backward; with ``replace_tops``, the new tops take
+        the place of the old ones."""
+        layer = self.layers[i]
         bottoms = []
         for j, name in enumerate(self.bottom_names[i]):
             tensor = self.blobs[name].tensor.detach()
             if record and self.bottom_need_backward[i][j]:
                 tensor.requires_grad_()
             bottoms.append(tensor)
-        # The tops' previous data (and the last pass's graph) are about to be replaced:
-        # let them go first. In a training pass, top j's old data is offered to the
-        # kernel computing the new top j from bottom j (layers/buffers.py), as Caffe
-        # overwrites its blobs; otherwise the new tops can take the freed memory.
-        self._layer_io[i] = None
-        offered = []
-        for j, name in enumerate(self.top_names[i]):
-            if name not in self.bottom_names[i]:
-                old = self.blobs[name].release_data()
-                if record and j < len(bottoms):
-                    buffers.park(bottoms[j], old, buffers.OUTPUT)
-                    offered.append(bottoms[j])
-                del old
+        offered = self._release_tops(i, bottoms, record) if replace_tops else []
         with contextlib.ExitStack() as scope:
             if not record:
                 scope.enter_context(torch.no_grad())
@@ -428,10 +436,24 @@ class Net(nn.Module):
                            f"{len(self.top_names[i])}", layer=layer.name, file=self.source)
         if not bottoms:                      # data enters the net here
             tops = tuple(self._in_memory_format(top) for top in tops)
-        for name, top in zip(self.top_names[i], tops):
-            self.blobs[name].tensor = top
-        self._layer_io[i] = (bottoms, tops) if record else None
-        return self._weighted_loss(i)
+        return bottoms, tops
+
+    def _release_tops(self, i: int, bottoms: list[Tensor], record: bool) -> list[Tensor]:
+        """Let layer ``i``'s previous tops (and the last pass's graph) go before the new
+        ones are computed. In a training pass, top j's old data is offered to the kernel
+        computing the new top j from bottom j (layers/buffers.py), as Caffe overwrites its
+        blobs; otherwise the new tops can take the freed memory. Returns the bottoms that
+        were offered memory."""
+        self._layer_io[i] = None
+        offered = []
+        for j, name in enumerate(self.top_names[i]):
+            if name not in self.bottom_names[i]:
+                old = self.blobs[name].release_data()
+                if record and j < len(bottoms):
+                    buffers.park(bottoms[j], old, buffers.OUTPUT)
+                    offered.append(bottoms[j])
+                del old
+        return offered
 
     def _run_in_precision(self, layer: Layer, bottoms: list[Tensor],
                           scope: contextlib.ExitStack) -> tuple[Tensor, ...]:
@@ -493,10 +515,12 @@ class Net(nn.Module):
                 layer.backward_inplace(self.blobs[name].grad)
             return
         io = self._layer_io[i]
-        if io is None:
-            raise NetError("backward needs a forward pass first (with gradients enabled), "
-                           "and can run once per forward", layer=layer.name, file=self.source)
         self._layer_io[i] = None
+        if io is None:
+            # Caffe's Backward reads the blobs as they are, with or without a forward
+            # since the last backward: record this layer's forward on its bottoms now
+            # (a Dropout layer used out of place then draws a new mask).
+            io = self._run_layer(i, record=True)
         bottoms, tops = io
         outputs, grads = [], []
         for name, top in zip(self.top_names[i], tops):
@@ -579,7 +603,6 @@ class Net(nn.Module):
     def copy_from(self, path: PathLike) -> None:
         """Copy weights by layer name (Caffe's CopyTrainedLayersFrom): unknown source
         layers are ignored; a blob count or shape mismatch is an error."""
-        from fcnwild.nets.weights import open_weights
         shared_targets = self._shared_targets()
         with open_weights(path) as stored:
             for name, blobs in stored.items():
@@ -625,20 +648,25 @@ class Net(nn.Module):
             entry.ClearField("blobs")
         return out
 
-    def save(self, path: PathLike) -> None:
+    def save(self, path: PathLike, format: str | None = None) -> None:
         """Write the weights: Caffe's HDF5 layout for .h5, a torch state dict
-        ({"<layer>/<i>": tensor}) for .pt/.pth, a binary caffemodel otherwise."""
-        from fcnwild.nets import weights
-        if weights.is_hdf5(path) or weights.is_torch(path):
+        ({"<layer>/<i>": tensor}) for .pt/.pth, a binary caffemodel otherwise;
+        ``format`` ("hdf5", "torch" or "caffemodel") overrides the file name."""
+        if format is None:
+            format = "hdf5" if is_hdf5(path) else "torch" if is_torch(path) else "caffemodel"
+        if format not in ("hdf5", "torch", "caffemodel"):
+            raise NetError(f"unknown weights format {format!r}; expected hdf5, torch or "
+                           "caffemodel", file=path)
+        if format != "caffemodel":
             shared = self._shared_targets()
             owned = {layer.name: {k: p.detach().cpu().numpy() for k, p in enumerate(layer.blobs)
                                   if (layer.name, k) not in shared} for layer in self.layers}
-            if weights.is_hdf5(path):
-                weights.write_caffemodel_h5(path, [layer.name for layer in self.layers], owned)
+            if format == "hdf5":
+                write_caffemodel_h5(path, [layer.name for layer in self.layers], owned)
             else:
-                weights.write_torch_weights(path, {k: v for k, v in owned.items() if v})
+                write_torch_weights(path, {k: v for k, v in owned.items() if v})
         else:
-            weights.write_caffemodel(path, self.to_proto(), {
+            write_caffemodel(path, self.to_proto(), {
                 layer.name: [p.detach().cpu().numpy() for p in layer.blobs]
                 for layer in self.layers})
 

@@ -14,7 +14,9 @@ from typing import TypeVar
 from google.protobuf import message, text_format
 
 from fcnwild.base import caffe_pb2
+from fcnwild.base.atomic import atomic_write
 from fcnwild.base.errors import PrototxtError
+from fcnwild.nets.upgrade import upgrade_net, upgrade_solver
 
 M = TypeVar("M", bound=message.Message)
 PathLike = str | os.PathLike
@@ -76,20 +78,20 @@ def read_binary(path: PathLike, msg: M) -> M:
     return parse_binary(data, msg, file=path)
 
 
-def write_text(path: PathLike, msg: message.Message) -> None:
-    """Write ``msg`` as protobuf text, atomically (temp file + rename)."""
-    from fcnwild.base.atomic import atomic_write
+def to_text(msg: message.Message, header: str = "") -> str:
+    """``msg`` as protobuf text, after ``header`` as ``#`` comment lines."""
+    comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    return comment + text_format.MessageToString(msg)
+
+
+def write_text(path: PathLike, msg: message.Message, header: str = "") -> None:
+    """Write ``msg`` as protobuf text (``to_text``), atomically (temp file + rename)."""
     with atomic_write(path, "w") as f:
-        f.write(text_format.MessageToString(msg))
-
-
-def to_text(msg: message.Message) -> str:
-    return text_format.MessageToString(msg)
+        f.write(to_text(msg, header))
 
 
 def read_net_param(path: PathLike) -> caffe_pb2.NetParameter:
     """A NetParameter from a prototxt (text) or a binary file, upgraded to V2."""
-    from fcnwild.nets.upgrade import upgrade_net
     raw = caffe_pb2.NetParameter()
     if _looks_binary(path):
         read_binary(path, raw)
@@ -99,7 +101,6 @@ def read_net_param(path: PathLike) -> caffe_pb2.NetParameter:
 
 
 def read_solver_param(path: PathLike) -> caffe_pb2.SolverParameter:
-    from fcnwild.nets.upgrade import upgrade_solver
     return upgrade_solver(read_text(path, caffe_pb2.SolverParameter()), file=path)
 
 

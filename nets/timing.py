@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fcnwild.layers.flops import gemm_gflops
+from fcnwild.layers import flops
 from fcnwild.nets.net import Net
 
 
@@ -35,6 +35,7 @@ class TimingReport:
     backward_ms: float = 0.0
     total_ms: float = 0.0             # all iterations
     gemm_gflops: float | None = None
+    gemm_size: int = 0
 
     @property
     def flops(self) -> int:
@@ -63,13 +64,10 @@ class TimingReport:
                   f"FLOPs per forward-backward: {self.flops / 1e9:.2f} GFLOP; achieved "
                   f"{self.achieved_gflops:.1f} GFLOP/s"]
         if self.gemm_gflops:
-            lines.append(f"GEMM ({GEMM_SIZE}x{GEMM_SIZE} float32 matmul, same run): "
+            lines.append(f"GEMM ({self.gemm_size}x{self.gemm_size} float32 matmul, same run): "
                          f"{self.gemm_gflops:.1f} GFLOP/s; the net reaches "
                          f"{self.achieved_gflops / self.gemm_gflops:.2f} of it")
         return "\n".join(lines)
-
-
-GEMM_SIZE = 4096
 
 
 def layer_flops(net: Net, i: int) -> int:
@@ -82,26 +80,32 @@ def layer_flops(net: Net, i: int) -> int:
     bottom = net.blobs[net.bottom_names[i][0]].shape
     top = net.blobs[net.top_names[i][0]].shape
     if layer.type_name == "Convolution":
-        forward = 2 * weight.numel() * math.prod(top[2:]) * top[0]
+        groups = bottom[1] // weight.shape[1]
+        forward = flops.convolution_flops(bottom[1], top[1], weight.shape[2:], top[2:], groups,
+                                          top[0])
     elif layer.type_name == "Deconvolution":
-        forward = 2 * weight.numel() * math.prod(bottom[2:]) * bottom[0]
+        groups = top[1] // weight.shape[1]
+        forward = flops.deconvolution_flops(bottom[1], top[1], weight.shape[2:], bottom[2:],
+                                            groups, bottom[0])
     else:
-        forward = 2 * weight.numel() * (math.prod(bottom) // weight.shape[-1])
+        # (N, K) weights, or (K, N) with transpose: true; top[-1] is N.
+        inputs = weight.shape[-1] if weight.shape[0] == top[-1] else weight.shape[0]
+        forward = flops.inner_product_flops(math.prod(bottom) // inputs, inputs,
+                                            weight.numel() // inputs)
     if not net.layer_need_backward[i]:
         return forward
-    passes = 1 + int(net.bottom_need_backward[i][0]) + \
-        int(net.param_propagate_down[i][0] and weight.requires_grad)
-    return forward * passes
+    return flops.train_step_flops(
+        forward, input_grad=net.bottom_need_backward[i][0],
+        weight_grad=net.param_propagate_down[i][0] and weight.requires_grad)
 
 
-def time_net(net: Net, iterations: int, measure_gemm: bool = True) -> TimingReport:
+def time_net(net: Net, iterations: int, gemm_size: int = 4096) -> TimingReport:
     """Caffe's ``time``: one warm-up forward-backward, then ``iterations`` timed passes,
-    layer by layer."""
+    layer by layer, and a ``gemm_size``-square matmul (none when 0) to compare with. Input
+    blobs keep what they hold (zeros in a fresh net, as in Caffe, so labels from an Input
+    layer are valid)."""
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    for name in net.inputs:
-        blob = net.blobs[name]
-        net.set_input(name, torch.randn(blob.shape))
     net.forward_backward()
     report = TimingReport(layers=[LayerTiming(layer.name, layer.type_name)
                                   for layer in net.layers], iterations=iterations)
@@ -128,6 +132,7 @@ def time_net(net: Net, iterations: int, measure_gemm: bool = True) -> TimingRepo
         timing.flops = layer_flops(net, i)
     report.forward_ms = sum(t.forward_ms for t in report.layers)
     report.backward_ms = sum(t.backward_ms for t in report.layers)
-    if measure_gemm:
-        report.gemm_gflops = gemm_gflops(GEMM_SIZE, device=device)
+    if gemm_size:
+        report.gemm_gflops = flops.gemm_gflops(gemm_size, device=device)
+        report.gemm_size = gemm_size
     return report

@@ -114,11 +114,6 @@ def upgrade_net(param: caffe_pb2.NetParameter, *, file: PathLike | None = None
     return net
 
 
-def needs_upgrade(param: caffe_pb2.NetParameter) -> bool:
-    return (len(param.layers) > 0 or len(param.input) > 0
-            or any(layer.type == "BatchNorm" and len(layer.param) == 3 for layer in param.layer))
-
-
 # --- V0 -> V1 ---------------------------------------------------------------------------
 def _upgrade_v0(v0: caffe_pb2.NetParameter, file: PathLike | None) -> caffe_pb2.NetParameter:
     padded = _merge_padding_layers(v0, file)

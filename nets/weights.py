@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import h5py
 import numpy as np
+import torch
 
 from fcnwild.base import caffe_pb2
 from fcnwild.base.atomic import atomic_h5, atomic_write
@@ -128,17 +129,19 @@ class WeightsFile(Mapping[str, list]):
 
 
 def open_weights(path: PathLike) -> WeightsFile:
-    """Open a .caffemodel or a Caffe HDF5 weights file for reading."""
+    """Open a .caffemodel, a Caffe HDF5 weights file (told by its content) or a torch
+    state dict for reading."""
     path = Path(path)
     if not path.exists():
         raise WeightsError("no such weights file", file=path)
     if path.is_dir():
         raise WeightsError("is a directory, expected a .caffemodel or .caffemodel.h5 file",
                            file=path)
-    if is_hdf5(path):
-        return _open_hdf5(path)
     if is_torch(path):
         return _open_torch(path)
+    # Caffe's CopyTrainedLayersFrom tells HDF5 from a binary proto by content (H5Fis_hdf5).
+    if h5py.is_hdf5(path):
+        return _open_hdf5(path)
     return _open_caffemodel(path)
 
 
@@ -501,7 +504,6 @@ def write_caffemodel_h5(path: PathLike, layer_names: Iterable[str],
 # --- torch state dict ------------------------------------------------------------------------
 def _open_torch(path: Path) -> WeightsFile:
     """A flat state dict {"<layer>/<i>": tensor}, loaded with weights_only=True (no code runs)."""
-    import torch
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds here; all mean "not a usable file"
@@ -527,7 +529,6 @@ def _open_torch(path: Path) -> WeightsFile:
 def _tensor_blob(tensor, key: str, path: Path) -> StoredBlob:
     """A dense floating-point tensor whose elements are all in its stored bytes: a
     stride-0 (expanded) view of a few bytes must not turn into terabytes here."""
-    import torch
     if tensor.layout != torch.strided or not tensor.is_floating_point():
         raise WeightsError(f"state dict entry {key!r} is a {tensor.layout} {tensor.dtype} "
                            "tensor; expected a dense floating-point tensor", file=path)
@@ -543,7 +544,6 @@ def _tensor_blob(tensor, key: str, path: Path) -> StoredBlob:
 
 
 def write_torch_weights(path: PathLike, blobs: Mapping[str, Mapping[int, np.ndarray]]) -> None:
-    import torch
     state = {f"{layer}/{i}": torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
              for layer, arrays in blobs.items() for i, a in arrays.items()}
     with atomic_write(path, "wb") as out:

@@ -1,13 +1,12 @@
-"""Access to the Caffe reference fixtures (tests/fixtures/caffe_reference) and the
-project's one tolerance rule.
+"""Access to the Caffe reference fixtures (tests/fixtures/caffe_reference), held to the
+project's one tolerance rule (``fcnwild.nets.reference.Tolerance``).
 
 A case folder holds ``net.prototxt``, ``meta.json`` and ``blobs.h5`` (groups
 ``inputs``, ``forward``, ``backward``, ``top_diff``, ``params``, ``param_diffs``,
 ``params_after_forward``, ``aux/dropout_mask``; see the folder's README.md).
 
 Tolerance: ``max|ours - ref| <= atol + rtol * max|ref|`` per array, with the
-case's ``meta.json`` tolerances when given (never loosened), else the defaults
-below.
+case's ``meta.json`` tolerances when given (never loosened), else the defaults.
 """
 from __future__ import annotations
 
@@ -22,15 +21,9 @@ import torch
 from google.protobuf import text_format
 
 from fcnwild.base import caffe_pb2
+from fcnwild.nets.reference import DEFAULT_TOLERANCES, Tolerance, tolerances_of
 
 FIXTURES = Path(__file__).parent / "fixtures" / "caffe_reference"
-
-# (rtol, atol) per kind when a case states none: forward of any net, gradients of full nets.
-DEFAULT_TOLERANCES = {
-    "forward": (1e-5, 1e-7),
-    "backward": (1e-4, 1e-10),
-    "param_diffs": (1e-4, 1e-10),
-}
 
 
 def case_names(kind: str | None = None) -> list[str]:
@@ -87,16 +80,12 @@ class CaffeCase:
             return {layer: [np.asarray(blobs[str(i)]) for i in range(len(blobs))]
                     for layer, blobs in h5[group].items()}
 
-    def tolerance(self, kind: str) -> tuple[float, float]:
-        """(rtol, atol) for ``kind``: the case's own when meta.json gives it."""
-        stated = self.meta.get("tolerances", {}).get(kind)
-        if stated is not None:
-            return float(stated["rtol"]), float(stated["atol"])
-        return DEFAULT_TOLERANCES[kind]
+    def tolerance(self, kind: str) -> Tolerance:
+        """The tolerance for ``kind``: the case's own when meta.json gives it."""
+        return tolerances_of(self.meta)[kind]
 
     def assert_close(self, ours, ref, kind: str, name: str = "") -> float:
-        rtol, atol = self.tolerance(kind)
-        return assert_close(ours, ref, kind, rtol=rtol, atol=atol, name=f"{self.name}: {name}")
+        return assert_close(ours, ref, kind, self.tolerance(kind), name=f"{self.name}: {name}")
 
 
 def _as_numpy(value) -> np.ndarray:
@@ -105,16 +94,15 @@ def _as_numpy(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-def assert_close(ours, ref, kind: str, *, rtol: float | None = None, atol: float | None = None,
+def assert_close(ours, ref, kind: str, tolerance: Tolerance | None = None, *,
                  name: str = "") -> float:
-    """Assert ``max|ours - ref| <= atol + rtol * max|ref|``; returns max|ours - ref| / max|ref|.
+    """Assert ``max|ours - ref| <= atol + rtol * max|ref|`` (``tolerance``, else the default
+    for ``kind``); returns max|ours - ref| / max|ref|.
 
     Shapes must match, except that a 0-axis blob (Caffe's loss/accuracy blobs) equals a
     one-element reference, as the fixtures store those as shape (1,).
     """
-    default_rtol, default_atol = DEFAULT_TOLERANCES[kind]
-    rtol = default_rtol if rtol is None else rtol
-    atol = default_atol if atol is None else atol
+    tolerance = tolerance or DEFAULT_TOLERANCES[kind]
     ours, ref = _as_numpy(ours), _as_numpy(ref)
     if ours.shape != ref.shape and not (ours.size == ref.size == 1):
         raise AssertionError(f"{name} ({kind}): shape {ours.shape}, reference {ref.shape}")
@@ -123,8 +111,9 @@ def assert_close(ours, ref, kind: str, *, rtol: float | None = None, atol: float
         raise AssertionError(f"{name} ({kind}): non-finite values")
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     error = float(np.abs(ours - ref).max()) if ref.size else 0.0
-    bound = atol + rtol * scale
+    bound = tolerance.bound(ref)
     if error > bound:
-        raise AssertionError(f"{name} ({kind}): max|ours - ref| = {error:.3g} > "
-                             f"{bound:.3g} (atol {atol:g} + rtol {rtol:g} * max|ref| {scale:.3g})")
+        raise AssertionError(f"{name} ({kind}): max|ours - ref| = {error:.3g} > {bound:.3g} "
+                             f"(atol {tolerance.atol:g} + rtol {tolerance.rtol:g} * max|ref| "
+                             f"{scale:.3g})")
     return error / scale if scale else error

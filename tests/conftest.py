@@ -24,3 +24,10 @@ if TEST_DEVICE.startswith("cuda"):
 @pytest.fixture
 def device() -> str:
     return TEST_DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _working_directory(tmp_path, monkeypatch) -> None:
+    """Each test runs in its own empty working directory, where Caffe (and so fcnwild)
+    resolves relative snapshot prefixes and output files: nothing lands in the checkout."""
+    monkeypatch.chdir(tmp_path)

@@ -8,12 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fcnwild.layers import conv_ops
+from caffe_fixture import assert_close
 
-# (max |ours - ref|) <= rel * max |ref| + abs, per tensor
-FLOAT64_TOL = (1e-10, 0.0)
-FLOAT32_FORWARD_TOL = (1e-5, 1e-7)
-FLOAT32_BACKWARD_TOL = (1e-4, 1e-7)
+from fcnwild.layers import conv_ops
+from fcnwild.nets.reference import Tolerance
+
+FLOAT64_TOL = Tolerance(1e-10, 0.0)
+FLOAT32_FORWARD_TOL = Tolerance(1e-5, 1e-7)
+FLOAT32_BACKWARD_TOL = Tolerance(1e-4, 1e-7)
 
 
 def _native(transposed: bool):
@@ -31,11 +33,9 @@ def _forward_backward(fn, x: Tensor, w: Tensor, b: Tensor | None, args: tuple, g
     return y.detach(), x.grad, w.grad, None if b is None else b.grad
 
 
-def _assert_close(ours: Tensor, ref: Tensor, tol: tuple[float, float], what: str) -> None:
+def _assert_close(ours: Tensor, ref: Tensor, tol: Tolerance, what: str) -> None:
     assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
-    err = (ours.double() - ref.double()).abs().max().item() if ref.numel() else 0.0
-    bound = tol[0] * ref.double().abs().max().item() + tol[1] if ref.numel() else 0.0
-    assert err <= bound, f"{what}: max error {err:.3e} > {bound:.3e}"
+    assert_close(ours, ref, "conv path", tol, name=what)
 
 
 def _check_path(path: str, transposed: bool, x: Tensor, w: Tensor, b: Tensor | None, args: tuple,

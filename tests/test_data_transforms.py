@@ -9,6 +9,9 @@ from fcnwild.base.errors import DatasetError
 from fcnwild.data.datasets import open_dataset
 from fcnwild.data.loader import BlobFeeder
 from fcnwild.data.transforms import CaffeTransform
+from fcnwild.nets.frontend import ARCHITECTURES
+
+FRONT_END = ARCHITECTURES["frontend"]
 
 MEAN = (72.39, 82.91, 73.16)
 
@@ -94,7 +97,8 @@ def test_resize_keeps_label_values_nearest():
 
 def test_invalid_settings():
     with pytest.raises(DatasetError, match="crop_size 501"):
-        CaffeTransform(crop_size=501)
+        CaffeTransform(crop_size=501, margin=FRONT_END.margin,
+                       label_stride=FRONT_END.stride)
     with pytest.raises(DatasetError, match="scale range"):
         CaffeTransform(scale=(1.5, 1.0))
     t = CaffeTransform(crop_size=None, margin=0)
@@ -105,7 +109,7 @@ def test_invalid_settings():
 def test_blob_feeder_is_deterministic_across_worker_counts(tmp_path):
     make_cityscapes(tmp_path, cities={"aachen": 3, "bremen": 2}, size=(40, 60))
     dataset = open_dataset(f"cityscapes:{tmp_path}", "val")
-    t = CaffeTransform(crop_size=36, margin=10, scale=(0.9, 1.1))
+    t = CaffeTransform(crop_size=36, margin=10, scale=(0.9, 1.1), label_stride=8)
 
     def batches(workers):
         feeder = BlobFeeder(dataset, t, batch_size=2, workers=workers, seed=5)

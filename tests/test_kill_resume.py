@@ -83,9 +83,9 @@ def _case(folder: Path, fmt: str) -> tuple[Path, Path]:
                                                     dropout=True))
     common = dict(snapshot_format=fmt, max_iter=N, snapshot=EVERY, stepsize=20)
     return (write(folder / "straight.prototxt",
-                  solver_text("net.prototxt", snapshot_prefix="straight/run", **common)),
+                  solver_text("net.prototxt", snapshot_prefix=str(folder / "straight/run"), **common)),
             write(folder / "killed.prototxt",
-                  solver_text("net.prototxt", snapshot_prefix="killed/run", **common)))
+                  solver_text("net.prototxt", snapshot_prefix=str(folder / "killed/run"), **common)))
 
 
 def _temporaries(folder: Path) -> set[str]:

@@ -11,7 +11,7 @@ import torch
 from google.protobuf import text_format
 
 from fcnwild.base import caffe_pb2
-from fcnwild.base.errors import NetError
+from fcnwild.base.errors import DatasetError, NetError
 from fcnwild.data.class_stats import ClassStats, save_class_stats
 from fcnwild.layers.base import LayerContext
 from fcnwild.layers.constraint_solver import (
@@ -151,11 +151,12 @@ def test_layer_loss_and_gradient_match_ccnn_weakloss_on_every_reference_problem(
 
 
 def test_bad_statistics_are_reported(tmp_path):
-    with pytest.raises(NetError, match="does not exist"):
-        param = text_format.Parse('name: "mil" type: "ConstrainedMILLoss" bottom: "s" top: "l" '
-                                  'constrained_mil_param { class_stats: "absent.json" }',
-                                  caffe_pb2.LayerParameter())
+    param = text_format.Parse('name: "mil" type: "ConstrainedMILLoss" bottom: "s" top: "l" '
+                              'constrained_mil_param { class_stats: "absent.json" }',
+                              caffe_pb2.LayerParameter())
+    with pytest.raises(DatasetError, match="class statistics not found") as missing:
         ConstrainedMILLoss(param, LayerContext(base_dir=tmp_path)).setup([(1, C, 4, 4)])
+    assert missing.value.layer == "mil" and str(tmp_path / "absent.json") in str(missing.value)
     with pytest.raises(NetError, match="for 4 classes"):
         make_layer(tmp_path, stats=((0.1,) * 4, (0.2,) * 4, (0.3,) * 4))
     path = tmp_path / "stats.json"

@@ -8,22 +8,21 @@ import numpy as np
 import pytest
 import torch
 from data_layouts import make_cityscapes, make_gta5
-from google.protobuf import text_format
 
 from fcnwild.base import caffe_pb2
 from fcnwild.base.errors import NetError
 from fcnwild.data.class_stats import compute_class_stats, save_class_stats
 from fcnwild.data.datasets import open_dataset
 from fcnwild.nets.net import Net
-from fcnwild.nets.paper_configs import all_files
 from fcnwild.nets.prototxt import read_net_param, read_solver_param
 from fcnwild.solvers.adversarial import AlternatingSolver
+from fcnwild.tools.experiment.paper import all_files
 
 PROTOTXT = Path(__file__).resolve().parents[1] / "prototxt"
 
 
 def test_committed_prototxt_files_are_what_the_generator_writes(tmp_path):
-    from fcnwild.nets.paper_configs import write_all
+    from fcnwild.tools.experiment.paper import write_all
     for path in write_all(tmp_path):
         relative = path.relative_to(tmp_path)
         committed = PROTOTXT / relative
@@ -33,11 +32,20 @@ def test_committed_prototxt_files_are_what_the_generator_writes(tmp_path):
 
 @pytest.fixture
 def datasets(tmp_path, monkeypatch):
-    """Tiny GTA5 and Cityscapes trees in the official layouts, named by the env vars."""
+    """Tiny GTA5 and Cityscapes trees in the official layouts, named by the env vars, and
+    image/label lists of them for the ImageLabelData twins."""
     make_gta5(tmp_path / "gta5", frames=4, size=(40, 48))
     make_cityscapes(tmp_path / "cityscapes", "train", {"aachen": 3}, size=(40, 48))
     monkeypatch.setenv("GTA5_ROOT", str(tmp_path / "gta5"))
     monkeypatch.setenv("CITYSCAPES_ROOT", str(tmp_path / "cityscapes"))
+    for stem, images, labels in (
+            ("GTA5_ALL", "gta5/images/*.png", "gta5/labels/*.png"),
+            ("CITYSCAPES_TRAIN", "cityscapes/leftImg8bit/train/*/*.png",
+             "cityscapes/gtFine/train/*/*.png")):
+        for kind, pattern in (("IMAGE", images), ("LABEL", labels)):
+            listed = tmp_path / f"{stem}_{kind}.txt"
+            listed.write_text("\n".join(str(f) for f in sorted(tmp_path.glob(pattern))))
+            monkeypatch.setenv(f"{stem}_{kind}_LIST", str(listed))
     return tmp_path
 
 

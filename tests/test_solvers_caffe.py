@@ -7,7 +7,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from caffe_fixture import assert_close
 
+from fcnwild.nets.reference import tolerances_of
 from fcnwild.solvers.solver import Solver
 
 CAFFE = Path(__file__).parent / "fixtures" / "caffe_reference"
@@ -16,20 +18,12 @@ TRAJECTORY_CASES = sorted(p.name for p in CAFFE.glob("solver_*")
 RESUME_CASES = sorted(p.name for p in CAFFE.glob("solver_snapshot_resume_*"))
 
 
-def _tolerance(meta: dict, key: str) -> tuple[float, float]:
-    tol = meta["tolerances"][key]
-    return tol["rtol"], tol["atol"]
-
-
 def assert_weights(solver: Solver, reference: h5py.Group, meta: dict, what: str) -> None:
-    rtol, atol = _tolerance(meta, "weights_per_iter")
+    tolerance = tolerances_of(meta)["weights_per_iter"]
     for layer, blobs in reference.items():
         for index, ref in blobs.items():
-            ours = solver.net.params[layer][int(index)].data
-            ref = ref[()]
-            error = float(np.abs(ours - ref).max())
-            assert error <= atol + rtol * float(np.abs(ref).max()), \
-                f"{what}: {layer}/{index} differs by {error:.3g}"
+            assert_close(solver.net.params[layer][int(index)].data, ref[()], "weights",
+                         tolerance, name=f"{what}: {layer}/{index}")
 
 
 def make_solver(case: Path, tmp_path: Path) -> Solver:
@@ -49,12 +43,12 @@ def test_trajectory_matches_caffe(name, tmp_path, device):
     assert_weights(solver, ref["solver/iter_0"], meta, "initial weights")
     losses = []
     solver.hooks.append(lambda s, loss: losses.append(loss))
-    rtol, atol = _tolerance(meta, "loss")
+    loss_tolerance = tolerances_of(meta)["loss"]
     for k in range(1, meta["iterations"] + 1):
         solver.step(1)
         assert_weights(solver, ref[f"solver/iter_{k}"], meta, f"{name} after iteration {k}")
         expected = float(ref["solver/loss"][k - 1])
-        assert abs(losses[-1] - expected) <= atol + rtol * abs(expected), (k, losses[-1])
+        assert_close(losses[-1], expected, "loss", loss_tolerance, name=f"{name} loss {k}")
 
 
 @pytest.mark.parametrize("name", RESUME_CASES)
@@ -91,10 +85,9 @@ def test_our_snapshot_has_caffes_layout(name, tmp_path):
                 assert a[key][()].tolist() == b[key][()].tolist()
             assert a["learned_net"][()].rstrip(b"\0") == b["learned_net"][()].rstrip(b"\0")
             assert sorted(a["history"]) == sorted(b["history"])
-            rtol, atol = _tolerance(meta, "weights_per_iter")
             for key in b["history"]:
-                ref = b["history"][key][()]
-                assert np.abs(a["history"][key][()] - ref).max() <= atol + rtol * np.abs(ref).max()
+                assert_close(a["history"][key][()], b["history"][key][()], "history",
+                             tolerances_of(meta)["weights_per_iter"], name=f"history {key}")
     else:
         from fcnwild.base import caffe_pb2
         from fcnwild.nets.prototxt import read_binary
@@ -103,7 +96,7 @@ def test_our_snapshot_has_caffes_layout(name, tmp_path):
         assert (ours.iter, ours.current_step, ours.learned_net) == \
             (caffe.iter, caffe.current_step, caffe.learned_net)
         assert len(ours.history) == len(caffe.history)
-        for a, b in zip(ours.history, caffe.history):
+        for i, (a, b) in enumerate(zip(ours.history, caffe.history)):
             assert list(a.shape.dim) == list(b.shape.dim)
-            ref = np.array(b.data)
-            assert np.abs(np.array(a.data) - ref).max() <= 1e-8 + 1e-5 * np.abs(ref).max()
+            assert_close(np.array(a.data), np.array(b.data), "history",
+                         tolerances_of(meta)["weights_per_iter"], name=f"history {i}")

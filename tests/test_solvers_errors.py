@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from fuzz_harness import memory_cap
 from solver_cases import (
     segmentation_net,
@@ -523,3 +524,14 @@ def test_resume_extension_with_values_of_the_wrong_type(folder, edit):
     with pytest.raises(SolverError, match="resume state is damaged") as info:
         Solver(_solver_file(folder)).restore(state)
     assert info.value.file == str(state)
+
+
+def test_finiteness_is_exact_when_finite_values_overflow_their_sum():
+    from fcnwild.solvers.solver import _all_finite
+    huge = torch.full((4,), 3e38)                 # finite, but the float32 sum is inf
+    assert _all_finite([huge, torch.ones(3)])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        tensor = torch.ones(5)
+        tensor[3] = bad
+        assert not _all_finite([huge, tensor])
+        assert not _all_finite([tensor])

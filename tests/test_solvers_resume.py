@@ -49,9 +49,9 @@ def _make_case(folder: Path, solver_type: str, fmt: str) -> None:
     common = dict(type=solver_type, snapshot_format=fmt, max_iter=N, snapshot=K,
                   test_iter=2, test_interval=4,
                   base_lr=0.05 if solver_type == "SGD" else 0.01)
-    write(folder / "straight.prototxt", solver_text("net.prototxt", snapshot_prefix="straight/run",
+    write(folder / "straight.prototxt", solver_text("net.prototxt", snapshot_prefix=str(folder / "straight/run"),
                                                     **common))
-    write(folder / "resumed.prototxt", solver_text("net.prototxt", snapshot_prefix="resumed/run",
+    write(folder / "resumed.prototxt", solver_text("net.prototxt", snapshot_prefix=str(folder / "resumed/run"),
                                                    **common))
 
 

@@ -8,17 +8,19 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from fcnwild.base.errors import DatasetError
+from fcnwild.base.errors import DatasetError, UsageError
 from fcnwild.data.datasets import open_dataset
-from fcnwild.nets.frontend import ARCHITECTURES, DataSpec, SolverSettings
-from fcnwild.nets.paper_configs import ADAPTATION, SOURCE_ONLY
-from fcnwild.solvers.adaptation import (
+from fcnwild.nets.frontend import ARCHITECTURES, DataSpec
+from fcnwild.nets.precision import PRECISIONS
+from fcnwild.tools.experiment.config import (
     STAGE_TITLES,
     STAGES,
-    AdaptationRun,
     Experiment,
+    stage_order,
     synthetic_experiment,
 )
+from fcnwild.tools.experiment.run import AdaptationRun
+from fcnwild.tools.experiment.settings import ADAPTATION, SOURCE_ONLY, SolverSettings
 from fcnwild.tools.progress import setup_logging, stage_progress
 
 
@@ -29,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="benchmark and solver seed")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="synthetic benchmark: multiply every stage's iterations")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="what the train nets compute in, as fcnwild train --precision "
+                        "(default fp32, Caffe's arithmetic)")
     real = parser.add_argument_group("real datasets (instead of the synthetic benchmark)")
     real.add_argument("--source", help="labelled source dataset spec, e.g. gta5:/data/GTA5")
     real.add_argument("--target", help="target dataset spec, e.g. cityscapes:/data/cityscapes")
@@ -49,8 +54,8 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
     if not args.source and not args.target:
         return synthetic_experiment(args.seed, args.scale)
     if not (args.source and args.target):
-        raise DatasetError("give both --source and --target (or neither, for the embedded "
-                           "synthetic benchmark)")
+        raise UsageError("give both --source and --target (or neither, for the embedded "
+                         "synthetic benchmark)")
     # Open every split now: a wrong root or layout stops here, before any training.
     open_dataset(args.source, args.source_split)
     open_dataset(args.target, args.target_split)
@@ -59,7 +64,7 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
         raise DatasetError(f"{evaluation!r}: the evaluation split needs labels")
     arch = replace(ARCHITECTURES[args.arch], num_classes=args.classes)
     if evaluation.label_space.num_classes != args.classes:
-        raise DatasetError(f"the target's labels are in {evaluation.label_space.name} "
+        raise UsageError(f"the target's labels are in {evaluation.label_space.name} "
                            f"({evaluation.label_space.num_classes} classes), the net predicts "
                            f"{args.classes}: pass --classes {evaluation.label_space.num_classes}")
     data = dict(crop_size=args.crop, seed=args.seed)
@@ -68,7 +73,7 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
     for item in filter(None, args.iterations.split(",")):
         stage, _, count = item.partition("=")
         if stage not in settings or not count.isdigit():
-            raise DatasetError(f"--iterations {item!r}: expected STAGE=N with STAGE in {STAGES}")
+            raise UsageError(f"--iterations {item!r}: expected STAGE=N with STAGE in {STAGES}")
         settings[stage] = replace(settings[stage], max_iter=int(count))
     oracle = DataSpec(args.target, args.oracle_split, **data) if args.oracle_split else None
     return Experiment(arch, DataSpec(args.source, args.source_split, **data),
@@ -79,13 +84,11 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
-    stages = tuple(s for s in args.stages.split(",") if s)
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise DatasetError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    stages = stage_order(tuple(s for s in args.stages.split(",") if s))
     experiment = experiment_from_args(args)
     with stage_progress() as progress:
-        results = AdaptationRun(experiment, args.out, progress).run(stages)
+        results = AdaptationRun(experiment, args.out, progress,
+                                precision=args.precision).run(stages)
     for stage, result in results.items():
         means = ", ".join(f"{k}-class {100 * v:.1f}" for k, v in result["mean_iou"].items()
                           if v is not None)

@@ -1,7 +1,9 @@
 """The ``fcnwild`` command: one verb per module of this package.
 
-Mirrors Caffe's own tool (``train``, ``test``, ``time``) and adds fcnwild's
-verbs. Each verb module exposes ``add_arguments(parser)`` and ``run(args) ->
+Mirrors Caffe's own tool (``train``, ``test``, ``time``, ``device_query``, with
+Caffe's single-dash flags too: ``caffe_flags.py``) and adds fcnwild's verbs. The
+opt-in ``caffe`` script in ``pycaffe/shim/bin`` runs ``main`` under the name
+``caffe``. Each verb module exposes ``add_arguments(parser)`` and ``run(args) ->
 int``; this file only dispatches, so ``fcnwild <verb> --help`` stays the
 single source of truth for a verb's flags.
 """
@@ -20,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("train_cmd", "train a net with a Caffe solver prototxt"),
     "test": ("test_cmd", "score a model: mean of every output blob over N iterations"),
     "time": ("time_cmd", "per-layer forward/backward timing and achieved GFLOP/s"),
+    "device_query": ("device_query_cmd", "show a CUDA device's properties (Caffe's device_query)"),
     "convert": ("convert_cmd", "convert weights (caffemodel <-> h5 <-> torch) and prototxt V1 -> V2"),
     "compare": ("compare_cmd", "compare a net's blobs, diffs and param diffs with Caffe reference blobs"),
     "eval": ("eval_cmd", "per-class IoU / mIoU of a model or of saved predictions on a dataset split"),
@@ -27,12 +30,15 @@ VERBS: dict[str, tuple[str, str]] = {
     "surgery": ("surgery_cmd", "turn VGG16 fc6/fc7 into the front-end's convolutional fc6/fc7"),
     "adapt": ("adapt_cmd", "source-only -> GA -> GA+CA adaptation, evaluated on the target val split"),
     "demo": ("demo_cmd", "the whole story on the embedded synthetic benchmark: tables and figures"),
+    "dilation-train": ("dilation_train_cmd", "write the nets and solver fyu/dilation's train.py "
+                       "writes, and the fcnwild train command for them"),
+    "pycaffe": ("pycaffe_cmd", "run an unmodified pycaffe script with `import caffe` as fcnwild.caffe"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "fcnwild") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fcnwild", description="Caffe-exact FCNs in the Wild: train, test, time, adapt.")
+        prog=prog, description="Caffe-exact FCNs in the Wild: train, test, time, adapt.")
     sub = parser.add_subparsers(dest="verb", metavar="<command>")
     sub.required = True
     for verb, (module_name, help_text) in VERBS.items():
@@ -43,16 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "fcnwild") -> int:
+    """Run one verb; ``prog`` is the program name messages give (``caffe`` for the shim)."""
+    args = build_parser(prog).parse_args(argv)
     retain_freed_memory()
     try:
         return int(args.run(args) or 0)
     except FcnwildError as err:
-        print(f"fcnwild {args.verb}: error: {err}", file=sys.stderr)
+        print(f"{prog} {args.verb}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fcnwild {args.verb}: interrupted", file=sys.stderr)
+        print(f"{prog} {args.verb}: interrupted", file=sys.stderr)
         return 130
 
 

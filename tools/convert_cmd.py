@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from fcnwild.base import caffe_pb2
-from fcnwild.base.errors import FcnwildError
+from fcnwild.base.errors import FcnwildError, WeightsError
 from fcnwild.nets import weights
 from fcnwild.nets.net import Net
 from fcnwild.nets.prototxt import read_net_param, write_text
@@ -45,6 +45,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {target}: weights of {len(net.params)} layers")
         return 0
     with weights.open_weights(source) as stored:
+        legacy = [name for name, blobs in stored.items()
+                  if any(blob is not None and blob.legacy_shape for blob in blobs)]
+        if legacy:
+            # Caffe matches such blobs to the net's shapes when it loads them; written in
+            # another format they would keep the 4-D shape and fit no net.
+            raise WeightsError(f"layers {legacy[:3]}{' ...' if len(legacy) > 3 else ''} store "
+                               "legacy 4-D blob shapes (num/channels/height/width, a V1 "
+                               "caffemodel): pass --model NET so the net gives each blob its "
+                               "shape", file=source)
         arrays = stored.arrays()
     if weights.is_hdf5(target) or weights.is_torch(target):
         owned = {name: {i: a for i, a in enumerate(blobs) if a is not None}

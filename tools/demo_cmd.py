@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fcnwild.base.errors import UsageError
 from fcnwild.data.labels import CITYSCAPES19
 from fcnwild.data.synthetic import BENCHMARK_TRAIN_IDS, ShiftConfig, shift_parameters
-from fcnwild.solvers.adaptation import STAGE_TITLES, STAGES, AdaptationRun, \
-    synthetic_experiment
 from fcnwild.tools import figures
+from fcnwild.tools.experiment.config import STAGE_TITLES, STAGES, synthetic_experiment
+from fcnwild.tools.experiment.run import AdaptationRun
 from fcnwild.tools.progress import setup_logging, stage_progress
 
 
@@ -43,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             height, width = (int(v) for v in args.image_size.lower().split("x"))
         except ValueError:
-            raise SystemExit(f"fcnwild demo: --image-size {args.image_size!r}: expected HxW, "
-                             "e.g. 64x128") from None
+            raise UsageError(f"--image-size {args.image_size!r}: expected HxW, e.g. 64x128"
+                             ) from None
     experiment = synthetic_experiment(args.seed, args.scale, height=height, width=width,
                                       images=args.images)
     print(f"fcnwild demo: synthetic domain-shift benchmark (seed {args.seed}), stages "
@@ -75,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     figures.iou_bars(out / "iou_per_class.png", classes,
                      {titles[s]: [np.nan if results[s]["iou"][c] is None else results[s]["iou"][c]
                                   for c in classes] for s in stages})
-    images, before, truth = run_.predict(out / "source_only" / "final.caffemodel", 6)
-    _, after, _ = run_.predict(out / "ga_ca" / "final.caffemodel", 6)
+    images, before, truth = run_.scorer.predict(run_.final_weights("source_only"), 6)
+    _, after, _ = run_.scorer.predict(run_.final_weights("ga_ca"), 6)
     figures.qualitative_grid(out / "qualitative.png", images,
                              {"before adaptation": before, "after adaptation (GA+CA)": after},
                              truth, CITYSCAPES19)

@@ -18,8 +18,10 @@ from fcnwild.data.evaluation import EvaluationResult, PredictionWriter
 from fcnwild.data.inference import TiledPredictor, evaluate_net
 from fcnwild.data.labels import CITYSCAPES_MEAN_BGR
 from fcnwild.data.score_predictions import ENCODINGS, score_predictions
-from fcnwild.data.transforms import FRONT_END_MARGIN
+from fcnwild.nets.frontend import ARCHITECTURES
 from fcnwild.nets.net import Net
+
+FRONT_END = ARCHITECTURES["frontend"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --model: write DIR/labelIds/*.png and DIR/color/*.png")
     parser.add_argument("--mean", type=float, nargs=3, default=list(CITYSCAPES_MEAN_BGR), metavar=("B", "G", "R"),
                         help="BGR mean subtracted from the images (default: the published Cityscapes mean)")
-    parser.add_argument("--margin", type=int, default=FRONT_END_MARGIN,
-                        help="context margin of the net per side (186 for the dilated front-end)")
+    parser.add_argument("--margin", type=int, default=FRONT_END.margin,
+                        help="context margin of the net per side (default: the dilated "
+                             f"front-end's, {FRONT_END.margin})")
     parser.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
     parser.add_argument("--output-blob", help="score blob to read (default: 'prob', else the last output)")
     parser.add_argument("--device", default="cpu", help="torch device for --model (cpu, cuda, cuda:1)")

@@ -1,33 +1,35 @@
-"""The nets and solvers of the paper's experiments, written to prototxt/ from nets/frontend.py.
+"""The nets and solvers of the paper's experiments, written to prototxt/.
 
-Regenerate with ``python -m fcnwild.nets.paper_configs prototxt`` (a test
+Regenerate with ``python -m fcnwild.tools.experiment.paper prototxt`` (a test
 checks the committed files are current). Dataset roots come from environment
 variables (``${GTA5_ROOT}``, ``${CITYSCAPES_ROOT}``, ...), expanded by the
-SegmentationData layer, so the files run unchanged on any machine.
-
-Training settings follow fyu/dilation's front-end defaults (SGD, lr 1e-4,
-momentum 0.9, weight decay 5e-4, crop 500, 14 images per update as batch 1 x
-iter_size 14); the adaptation stages fine-tune from the previous stage at lr 1e-5
-with 7 source + 7 target images per update.
+SegmentationData layer, so the files run unchanged on any machine. The
+single-dataset nets also come as ``*_imagelabel`` twins for users who keep
+image/label file lists: caffe-dilation's ImageLabelData in place of
+SegmentationData, the lists named by variables such as
+``${CITYSCAPES_TRAIN_IMAGE_LIST}`` / ``${CITYSCAPES_TRAIN_LABEL_LIST}``. The solver
+settings are ``settings.SOURCE_ONLY`` and ``settings.ADAPTATION``.
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fcnwild.base import caffe_pb2
+from fcnwild.nets.dilation_train import image_label_data_layer
 from fcnwild.nets.frontend import (
     ARCHITECTURES,
     DataSpec,
     FrontEnd,
-    SolverSettings,
     adaptation_net,
     deploy_net,
-    solver_param,
-    to_text,
     train_net,
 )
+from fcnwild.nets.prototxt import to_text
+from fcnwild.tools.experiment.config import synthetic_experiment
+from fcnwild.tools.experiment.settings import ADAPTATION, SOURCE_ONLY, solver_param
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,33 @@ EXPERIMENTS = (
                _evaluation(_data("bdd:${BDD_ROOT}", "val"))),
 )
 
-SOURCE_ONLY = SolverSettings(base_lr=1e-4, iter_size=14, max_iter=40000, snapshot=4000)
-ADAPTATION = SolverSettings(base_lr=1e-5, iter_size=7, max_iter=20000, snapshot=2000)
-STAGES = ("source_only", "ga", "ga_ca")
+def list_variables(spec: DataSpec) -> tuple[str, str]:
+    """The image and label list variables for a dataset split, e.g.
+    ``${GTA5_ALL_IMAGE_LIST}``, ``${SYNTHIA_SEQS_ALL_WINTER_LABEL_LIST}``."""
+    dataset = re.search(r"\$\{(\w+)_ROOT\}", spec.source).group(1)
+    stem = "_".join([dataset, spec.split.upper()] +
+                    [option.partition("=")[2].upper() for option in spec.options])
+    return f"${{{stem}_IMAGE_LIST}}", f"${{{stem}_LABEL_LIST}}"
+
+
+def image_label_twin(net: caffe_pb2.NetParameter, spec: DataSpec, arch: FrontEnd
+                     ) -> caffe_pb2.NetParameter:
+    """``net`` reading ``spec``'s split from file lists with caffe-dilation's ImageLabelData:
+    the same crop, margin, mean, mirror and order, the label at full resolution."""
+    if net.layer[0].type != "SegmentationData":
+        raise ValueError(f"net {net.name!r} does not start with a SegmentationData layer")
+    twin = caffe_pb2.NetParameter()
+    twin.CopyFrom(net)
+    twin.layer[0].CopyFrom(image_label_data_layer(
+        *list_variables(spec), spec.batch_size, spec.mirror, spec.crop_size, spec.mean,
+        label_stride=1, margin=arch.margin, shuffle=spec.shuffle))
+    return twin
+
+
+def _twin_header(title: str, spec: DataSpec) -> str:
+    images, labels = list_variables(spec)
+    return (f"{title}\nImageLabelData twin: {images} and {labels} name list files of images "
+            "and of train-id label PNGs (255 = ignore), matched by position.")
 
 
 def experiment_files(experiment: Adaptation, arch: FrontEnd
@@ -90,6 +116,18 @@ def experiment_files(experiment: Adaptation, arch: FrontEnd
         (f"{folder}/source_only_solver.prototxt",
          solver_param("source_only_net.prototxt", "snapshots/source_only", SOURCE_ONLY),
          f"{title}: source-only solver; initialise from VGG-16 with `fcnwild surgery`."),
+        (f"{folder}/source_only_net_imagelabel.prototxt",
+         image_label_twin(train_net(arch, f"{folder}_source_only", experiment.source),
+                          experiment.source, arch),
+         _twin_header(f"{title}: source-only training from file lists.", experiment.source)),
+        (f"{folder}/test_net_imagelabel.prototxt",
+         image_label_twin(train_net(arch, f"{folder}_test", experiment.evaluation,
+                                    caffe_pb2.TEST), experiment.evaluation, arch),
+         _twin_header(f"{title}: scoring from file lists.", experiment.evaluation)),
+        (f"{folder}/source_only_solver_imagelabel.prototxt",
+         solver_param("source_only_net_imagelabel.prototxt", "snapshots/source_only",
+                      SOURCE_ONLY),
+         f"{title}: source-only solver over the ImageLabelData twin."),
     ]
     for stage, category in (("ga", False), ("ga_ca", True)):
         what = "global alignment" if not category else "global + category-specific alignment"
@@ -110,6 +148,7 @@ def experiment_files(experiment: Adaptation, arch: FrontEnd
 def all_files() -> list[tuple[str, caffe_pb2.Message, str]]:
     arch = ARCHITECTURES["frontend"]
     cityscapes = EXPERIMENTS[0].target
+    validation = _evaluation(_data(CITYSCAPES, "val"))
     files = [
         ("frontend/deploy.prototxt", deploy_net(arch, "frontend_cityscapes"),
          "The dilated VGG-16 front-end (Yu & Koltun), 19 Cityscapes classes, deploy.\n"
@@ -117,11 +156,23 @@ def all_files() -> list[tuple[str, caffe_pb2.Message, str]]:
         ("frontend/train_net.prototxt", train_net(arch, "frontend_cityscapes", cityscapes),
          "The front-end trained on Cityscapes train, crop 500, bilinear x8 upsampling."),
         ("frontend/test_net.prototxt",
-         train_net(arch, "frontend_cityscapes_test", _evaluation(_data(CITYSCAPES, "val")),
-                   caffe_pb2.TEST), "The front-end scored on Cityscapes val."),
+         train_net(arch, "frontend_cityscapes_test", validation, caffe_pb2.TEST),
+         "The front-end scored on Cityscapes val."),
         ("frontend/solver.prototxt", _with_test(solver_param(
             "train_net.prototxt", "snapshots/frontend", SOURCE_ONLY)),
          "fyu/dilation's front-end training defaults."),
+        ("frontend/train_net_imagelabel.prototxt",
+         image_label_twin(train_net(arch, "frontend_cityscapes", cityscapes), cityscapes, arch),
+         _twin_header("The front-end trained on Cityscapes train from file lists.",
+                      cityscapes)),
+        ("frontend/test_net_imagelabel.prototxt",
+         image_label_twin(train_net(arch, "frontend_cityscapes_test", validation,
+                                    caffe_pb2.TEST), validation, arch),
+         _twin_header("The front-end scored on Cityscapes val from file lists.", validation)),
+        ("frontend/solver_imagelabel.prototxt", _with_test(solver_param(
+            "train_net_imagelabel.prototxt", "snapshots/frontend", SOURCE_ONLY),
+            "test_net_imagelabel.prototxt"),
+         "fyu/dilation's front-end training defaults, over the ImageLabelData twins."),
     ]
     for experiment in EXPERIMENTS:
         files += experiment_files(experiment, arch)
@@ -130,7 +181,6 @@ def all_files() -> list[tuple[str, caffe_pb2.Message, str]]:
 
 def synthetic_files() -> list[tuple[str, caffe_pb2.Message, str]]:
     """The demo's small nets and solvers on the embedded synthetic benchmark."""
-    from fcnwild.solvers.adaptation import synthetic_experiment
     e = synthetic_experiment()
     title = "Embedded synthetic benchmark (fcnwild demo)"
     files = [("synthetic/deploy.prototxt", deploy_net(e.arch, "synthetic_deploy", 64),
@@ -147,7 +197,7 @@ def synthetic_files() -> list[tuple[str, caffe_pb2.Message, str]]:
                                      domain_normalization=e.domain_normalization, mil=e.mil),
                       f"{title}: {stage} net (domain losses averaged over units)." +
                       ("\nImage-level labels: the layer's online rule here; `fcnwild demo` "
-                       "predicts them once\nwith the GA model instead (see solvers/adaptation.py)."
+                       "predicts them once\nwith the GA model instead (see tools/experiment/run.py)."
                        if category else "")))
         files.append((f"synthetic/{stage}_solver.prototxt",
                       solver_param(f"{stage}_net.prototxt", f"snapshots/{stage}",
@@ -156,8 +206,9 @@ def synthetic_files() -> list[tuple[str, caffe_pb2.Message, str]]:
     return files
 
 
-def _with_test(param: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParameter:
-    param.test_net.append("test_net.prototxt")
+def _with_test(param: caffe_pb2.SolverParameter, test_net: str = "test_net.prototxt"
+               ) -> caffe_pb2.SolverParameter:
+    param.test_net.append(test_net)
     param.test_iter.append(500)
     param.test_interval = 4000
     param.test_initialization = False
@@ -169,8 +220,8 @@ def write_all(root: Path) -> list[Path]:
     for relative, message, header in all_files():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = to_text(message, header + "\nWritten by `python -m fcnwild.nets.paper_configs "
-                       "prototxt`; edit nets/frontend.py or nets/paper_configs.py instead.")
+        text = to_text(message, header + "\nWritten by `python -m fcnwild.tools.experiment.paper "
+                       "prototxt`; edit nets/frontend.py or tools/experiment/ instead.")
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written

@@ -1,0 +1,47 @@
+"""``fcnwild dilation-train``: fyu/dilation's ``train.py`` — its options, the nets and solver it
+writes (caffe-dilation's ImageLabelData / BinLabelData in front of the front-end or the
+context module) — and the ``fcnwild train`` command that replaces its ``caffe train`` call."""
+from __future__ import annotations
+
+import argparse
+
+from fcnwild.base.errors import UsageError
+from fcnwild.nets.dilation_train import MODELS, PASCAL_MEAN_BGR, TrainOptions, \
+    write_training_files
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", choices=MODELS)
+    parser.add_argument("--work_dir", default="training/")
+    parser.add_argument("--weights", help="passed on to fcnwild train (front-end: required)")
+    parser.add_argument("--train_image", required=True, help="list of training images")
+    parser.add_argument("--train_label", required=True, help="list of training labels")
+    parser.add_argument("--test_image", default="")
+    parser.add_argument("--test_label", default="")
+    parser.add_argument("--train_batch", type=int, default=8)
+    parser.add_argument("--test_batch", type=int, default=2)
+    parser.add_argument("--crop_size", type=int, default=500)
+    parser.add_argument("--mean", nargs="*", type=float, default=list(PASCAL_MEAN_BGR))
+    parser.add_argument("--lr", type=float, default=0)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--classes", type=int, required=True)
+    parser.add_argument("--up", action="store_true")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--label_shape", nargs="*", type=int)
+    parser.add_argument("--iter_size", type=int, default=1)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = {key: value for key, value in vars(args).items()
+               if key in TrainOptions.__dataclass_fields__}
+    if args.model == "frontend" and args.weights is None:
+        raise UsageError("the front-end is trained from pretrained weights: give --weights")
+    options["mean"] = tuple(args.mean)
+    if args.label_shape is not None:
+        options["label_shape"] = tuple(args.label_shape)
+    paths = write_training_files(TrainOptions(**options), args.work_dir)
+    for path in paths.values():
+        print(f"Writing {path}")
+    print(f"fcnwild train --solver {paths['solver']}" +
+          (f" --weights {args.weights}" if args.weights else ""))
+    return 0
