@@ -96,12 +96,18 @@ class Blob:
         self.grad.copy_(torch.as_tensor(value).reshape(self._shape))
 
     def release_data(self) -> Tensor | None:
-        """Let go of the data tensor (a layer is about to replace it); returns it."""
+        """Let go of the data tensor (a layer is about to replace it); returns it. A
+        pinned blob keeps its buffer (views of it are out there) and returns None."""
+        if self.pinned:
+            return None
         data, self._data = self._data, None
         return data
 
     def release_diff(self) -> Tensor | None:
-        """Let go of the diff tensor (a backward pass is about to replace it); returns it."""
+        """Let go of the diff tensor (a backward pass is about to replace it); returns it,
+        or None for a pinned blob, which keeps it."""
+        if self.pinned:
+            return None
         diff, self._diff = self._diff, None
         return diff
 
