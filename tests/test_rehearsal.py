@@ -85,6 +85,9 @@ def test_the_shipped_gta5_to_cityscapes_configs_train_every_stage(tmp_path, monk
             continue
         # Mean losses: log 2 = 0.69 for a classifier that cannot tell; a loss clipped at
         # -log(FLT_MIN) = 87.3 means it is certain and the representation learns nothing.
+        # Summed over the classifier's units (normalization NONE) the same state reads in
+        # the hundreds here; at full width from VGG-16 weights one update at that scale
+        # pinned the classifier and the next ones made the weights blow up.
         assert max(terms["dom_loss"]) < 20, f"{stage}: dom_loss {terms['dom_loss']}"
         later = terms["dom_accuracy"][1:]
         assert not all(a in (0.5, 1.0) for a in later), f"{stage}: dom_accuracy {later}"
