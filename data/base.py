@@ -13,7 +13,7 @@ import numpy as np
 import torch.utils.data
 
 from fcnwild.base.errors import DatasetError
-from fcnwild.data.images import apply_lut, id_counts, read_image_rgb, read_label_png
+from fcnwild.data.images import apply_lut, id_counts, image_size, read_image_rgb, read_label_png
 from fcnwild.data.labels import LabelSpace, describe_ids
 
 T = TypeVar("T")
@@ -41,9 +41,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | Path, split: str | None, entries: Sequence[Entry],
                  space: LabelSpace, id_lut: np.ndarray | None,
-                 declared_ids: Sequence[int] | None = None) -> None:
+                 declared_ids: Sequence[int] | None = None, check_sizes: bool = True) -> None:
         """``declared_ids``: every value the family's label files may hold (mapped to a
-        class or ignored); a label holding another value is refused, naming the file."""
+        class or ignored); a label holding another value is refused, naming the file.
+        Every label's size is checked against its image's from the file headers, so a
+        mismatch stops the command before anything trains or is scored
+        (``check_sizes=False``: the reader has done it)."""
         self.root = Path(root)
         self.split = split
         self.entries = list(entries)
@@ -52,6 +55,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.declared_ids = None if declared_ids is None else tuple(sorted(declared_ids))
         if not self.entries:
             raise DatasetError(f"{self.family} split '{split}' holds no images", file=self.root)
+        if check_sizes:
+            raise_size_mismatches(self.family, self.root, size_mismatches(self.entries))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -109,6 +114,41 @@ class SegmentationDataset(torch.utils.data.Dataset):
         labelled = sum(e.label is not None for e in self.entries)
         return (f"{self.family} split '{self.split}' at {self.root}: {len(self)} images, "
                 f"{labelled} labels, label space {self.label_space.name}")
+
+
+class SizeMismatch(NamedTuple):
+    entry: Entry
+    image_size: tuple[int, int]   # (width, height)
+    label_size: tuple[int, int]
+
+    def describe(self) -> str:
+        (iw, ih), (lw, lh) = self.image_size, self.label_size
+        return f"{self.entry.label} is {lw}x{lh} but its image {self.entry.image} is {iw}x{ih}"
+
+
+def size_mismatches(entries: Sequence[Entry]) -> list[SizeMismatch]:
+    """The labelled entries whose label and image headers give different sizes. A file whose
+    header cannot be read is left to the read of the sample, which reports it."""
+    found = []
+    for entry in entries:
+        if entry.label is None:
+            continue
+        try:
+            sizes = image_size(entry.image), image_size(entry.label)
+        except DatasetError:
+            continue
+        if sizes[0] != sizes[1]:
+            found.append(SizeMismatch(entry, *sizes))
+    return found
+
+
+def raise_size_mismatches(family: str, root: Path, mismatches: Sequence[SizeMismatch],
+                          hint: str = "") -> None:
+    """One DatasetError listing every mismatch (width x height), or nothing when there is none."""
+    if mismatches:
+        lines = "\n".join(f"  {m.describe()}" for m in mismatches)
+        raise DatasetError(f"{len(mismatches)} {family} label(s) differ in size from their image"
+                           f"{hint}:\n{lines}", file=root)
 
 
 class SkippedSamples:

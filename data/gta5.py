@@ -6,19 +6,26 @@ Labels are palette PNGs whose indices are Cityscapes label ids. ``split.mat``
 holds ``trainIds``, ``valIds`` and ``testIds`` (1-based frame numbers; the
 loader of jhoffman/cycada reads it the same way). The public set has frames
 whose label is missing or has another size than the image (cycada keeps a
-blacklist of five in val); they are skipped and counted in a warning.
+blacklist of five in val). Opening lists every such frame in one error;
+``skip_defective=true`` (``gta5:ROOT?skip_defective=true``) leaves them out
+instead, and the dataset's description says how many and which.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 
 from fcnwild.base.errors import DatasetError
-from fcnwild.data.base import Entry, SegmentationDataset, find_files, require_dir
-from fcnwild.data.images import image_size
+from fcnwild.data.base import (
+    Entry,
+    SegmentationDataset,
+    find_files,
+    parse_flag,
+    require_dir,
+    size_mismatches,
+)
 from fcnwild.data.labels import (
     CITYSCAPES_ID_TO_TRAIN,
     CITYSCAPES_LABEL_IDS,
@@ -49,7 +56,7 @@ class GTA5Dataset(SegmentationDataset):
     family = "gta5"
 
     def __init__(self, root: str | Path, split: str | None = None, *,
-                 label_space: str = "cityscapes19") -> None:
+                 label_space: str = "cityscapes19", skip_defective: bool | str = False) -> None:
         root = Path(root)
         image_dir = require_dir(root / "images", "images (expected images/NNNNN.png)")
         label_dir = require_dir(root / "labels", "labels (expected labels/NNNNN.png)")
@@ -59,22 +66,24 @@ class GTA5Dataset(SegmentationDataset):
                 raise DatasetError(f"unknown GTA5 split '{split}'; expected one of {', '.join(SPLITS)}")
             frames = _split_frames(root, split)
             images = [p for p in images if p.stem.isdigit() and int(p.stem) in frames]
-        entries, no_label, bad_size = [], [], []
-        for image in images:
-            label = label_dir / image.name
-            if not label.is_file():
-                no_label.append(image.name)
-            elif image_size(label) != image_size(image):
-                bad_size.append(image.name)
-            else:
-                entries.append(Entry(image.stem, image, label))
-        if no_label or bad_size:
-            warnings.warn(
-                f"GTA5 at {root}: skipped {len(no_label)} images without a label"
-                f"{' (e.g. ' + ', '.join(no_label[:3]) + ')' if no_label else ''} and "
-                f"{len(bad_size)} whose label size differs from the image"
-                f"{' (e.g. ' + ', '.join(bad_size[:3]) + ')' if bad_size else ''}; "
-                f"kept {len(entries)} of {len(images)}", stacklevel=2)
+        paired = [Entry(image.stem, image, label_dir / image.name) for image in images]
+        no_label = [e for e in paired if not e.label.is_file()]
+        mismatched = size_mismatches([e for e in paired if e.label.is_file()])
+        self.skipped = [f"{e.label} is missing" for e in no_label] + [m.describe() for m in mismatched]
+        if self.skipped and not parse_flag(skip_defective, "skip_defective"):
+            raise DatasetError(
+                f"{len(no_label)} of {len(images)} images have no label file and {len(mismatched)} "
+                f"labels differ in size from their image (pass gta5:ROOT?skip_defective=true to "
+                f"leave these frames out):\n" + "\n".join(f"  {line}" for line in self.skipped),
+                file=root)
+        defective = {e.name for e in no_label} | {m.entry.name for m in mismatched}
+        entries = [e for e in paired if e.name not in defective]
         space = get_label_space(label_space)
         super().__init__(root, split, entries, space, cityscapes_space_lut(space, CITYSCAPES_ID_TO_TRAIN),
-                         CITYSCAPES_LABEL_IDS)
+                         CITYSCAPES_LABEL_IDS, check_sizes=False)
+
+    def __repr__(self) -> str:
+        if not self.skipped:
+            return super().__repr__()
+        return (f"{super().__repr__()}; left out {len(self.skipped)} defective frame(s):\n"
+                + "\n".join(f"  {line}" for line in self.skipped))

@@ -53,8 +53,20 @@ def read_image_rgb(path: str | PathLike) -> np.ndarray:
     return cv2.cvtColor(_imread(path, _COLOR_FLAGS), cv2.COLOR_BGR2RGB)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def image_size(path: str | PathLike) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError as err:
+        raise DatasetError(f"cannot read image header: {err}", file=path) from None
+    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+        # A PNG's first chunk is IHDR with width and height big-endian: a tenth of Pillow's cost,
+        # which counts when a reader checks the sizes of every pair of a 25 000-frame set.
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     try:
         with Image.open(path) as im:
             return im.size

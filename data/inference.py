@@ -51,11 +51,27 @@ def interp_map(prob: np.ndarray, zoom: int, width: int, height: int) -> np.ndarr
     return out
 
 
+def covered_cells(size: int, region: int, zoom: int) -> int:
+    """Score cells along one side of an image of ``size`` pixels that tiles of ``region``
+    output pixels leave in the stitched map and the upsampling reads: up to one past the
+    image's last cell where the tiles reach that far (beyond it the upsampling clamps)."""
+    stitched = -(-size // region) * region // zoom
+    return min(stitched, (size - 1) // zoom + 2)
+
+
 class TiledPredictor:
     """Predicts train ids for whole images with a deploy net of fixed input size."""
 
     def __init__(self, net: Any, mean_bgr: Sequence[float], *, margin: int,
-                 batch_size: int = 1, input_blob: str | None = None, output_blob: str | None = None) -> None:
+                 batch_size: int = 1, input_blob: str | None = None, output_blob: str | None = None,
+                 same_as: tuple[int, int] | None = None, zoom: int | None = None) -> None:
+        """``same_as`` (an output region, e.g. the deploy's own, with the net's ``zoom``):
+        predict exactly as tiles of that region would, whatever this net's input size.
+        The stitched score map then keeps the cells those tiles would have produced, up to
+        the last one the upsampling reads, so a larger input only saves computation."""
+        if same_as is not None and zoom is None:
+            raise NetError("predicting as another tile size does needs the net's zoom (output stride)")
+        self.same_as, self.zoom = same_as, zoom
         self.net = net
         self.mean = np.asarray(mean_bgr, dtype=np.float32)
         self.margin = margin
@@ -85,7 +101,14 @@ class TiledPredictor:
         (in_h, in_w), (out_h, out_w), m = self.input_size, self.output_size, self.margin
         image = image_rgb[:, :, ::-1].astype(np.float32) - self.mean
         image = pad_reflect101(image, m, m, m, m)
-        tiles_h, tiles_w = -(-height // out_h), -(-width // out_w)
+        keep = None
+        if self.same_as is not None:
+            keep = covered_cells(height, self.same_as[0], self.zoom), \
+                covered_cells(width, self.same_as[1], self.zoom)
+            height_covered, width_covered = keep[0] * self.zoom, keep[1] * self.zoom
+        else:
+            height_covered, width_covered = height, width
+        tiles_h, tiles_w = -(-height_covered // out_h), -(-width_covered // out_w)
         tiles = []
         for h in range(tiles_h):
             for w in range(tiles_w):
@@ -101,6 +124,8 @@ class TiledPredictor:
                            f"region of {out_h}x{out_w}; expected the region divided by an integer zoom")
         grid = maps.reshape(tiles_h, tiles_w, *maps.shape[1:])
         prob = np.concatenate([np.concatenate(list(row), axis=2) for row in grid], axis=1)
+        if keep is not None:
+            prob = prob[:, :keep[0], :keep[1]]
         if zoom > 1:
             return interp_map(prob, zoom, width, height)
         return prob[:, :height, :width]

@@ -142,7 +142,31 @@ def open_weights(path: PathLike) -> WeightsFile:
     # Caffe's CopyTrainedLayersFrom tells HDF5 from a binary proto by content (H5Fis_hdf5).
     if h5py.is_hdf5(path):
         return _open_hdf5(path)
+    if looks_like_text_prototxt(path):
+        raise WeightsError("is a text prototxt (a net definition), not a caffemodel: give it as "
+                           "the net (--model, -model, net:) and the trained .caffemodel as the "
+                           "weights", file=path)
     return _open_caffemodel(path)
+
+
+_TEXT_FIELD = re.compile(r"^\s*(name|layers?|input|input_dim|input_shape|net|train_net|base_lr)"
+                         r"\s*[:{]", re.MULTILINE)
+
+
+def looks_like_text_prototxt(path: Path) -> bool:
+    """Whether the file starts as protobuf text format. A binary NetParameter cannot pass: its
+    layer fields' tags (0x12, 0xa2 0x06) are a control byte or invalid UTF-8."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:   # not merely a character cut by the 4 KiB boundary
+            return False
+        text = head[:err.start].decode("utf-8")
+    if any(ord(c) < 0x20 and c not in "\t\n\r" for c in text):
+        return False
+    return bool(_TEXT_FIELD.search(text))
 
 
 def read_weights(path: PathLike) -> dict[str, list[np.ndarray | None]]:

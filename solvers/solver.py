@@ -44,6 +44,10 @@ from fcnwild.solvers.snapshot import (
 from fcnwild.solvers.update_rules import make_rule
 
 log = logging.getLogger("fcnwild.solver")
+# How far a param's max |w| may grow between two good states. Training moves weights by a
+# few times at most between snapshots; a divergence that is still finite (an adversarial
+# loss clipped at -log(FLT_MIN)) multiplies them by orders of magnitude first.
+GROWTH_LIMIT = 100.0
 PathLike = str | os.PathLike
 IterationHook = Callable[["Solver", float], None]
 
@@ -119,6 +123,10 @@ class Solver:
         self.action_request: Callable[[], SolverAction] | None = None
         self.requested_early_exit = False
         self.last_snapshot: tuple[Path, Path] | None = None
+        # The last snapshot that is a good state to go back to (iteration, model, state),
+        # and the weights' scale (max |w| per param) it was judged by.
+        self.last_good: tuple[int, Path, Path] | None = None
+        self._good_scale: dict[tuple[str, int], float] | None = None
         self._params_synced = world_size == 1
         if world_size > 1:
             for layer in self.net.layers:
@@ -247,6 +255,8 @@ class Solver:
     def step(self, iters: int) -> None:
         if not self._params_synced:
             self._broadcast_params()
+        if self._good_scale is None:
+            self._good_scale = _param_scale(self.net)    # the weights training starts from
         start_iter = self.iter
         stop_iter = self.iter + iters
         self.losses, self.smoothed_loss = [], 0.0
@@ -392,23 +402,48 @@ class Solver:
             self.losses[idx] = loss
 
     def _diverged(self, what: str, save: bool = True) -> None:
-        """Stop with the last good state saved (the update was not applied yet); with
-        ``save=False`` (the update rule's history is already spoiled) nothing is written."""
+        """Stop, pointing to the last good state: the current one, saved, when its weights
+        are finite and within GROWTH_LIMIT of the last good state's scale (the update was
+        not applied yet), else the last snapshot that was. With ``save=False`` (the update
+        rule's history is already spoiled) nothing is written."""
         culprit = _first_non_finite(self.net)
-        spoiled = "the solver history is" if not save else \
-            None if _params_finite(self.net) else "the weights are"
-        if spoiled is None:
+        if not save:
+            problem = "the solver history is no longer finite"
+        elif not _params_finite(self.net):
+            problem = "the weights are no longer finite"
+        else:
+            problem = self._weights_growth(_param_scale(self.net))
+        if problem is None:
             try:
                 model, state = self.snapshot()
-                saved = f"; the last good state was saved as {model} and {state}"
+                saved = (f"; the last good state (iteration {self.iter}) was saved as {model} "
+                         f"and {state}")
             except SolverError as err:
                 saved = f"; saving the last good state failed ({err})"
         else:
-            last = f" (the last snapshot is {self.last_snapshot[1]})" if self.last_snapshot \
-                else ""
-            saved = f"; {spoiled} no longer finite, so no snapshot was written{last}"
+            saved = f"; {problem}, so no snapshot was written; {self._last_good_text()}"
         raise DivergenceError(f"training diverged: {what}{culprit}{saved}",
                               iteration=self.iter, file=self.file)
+
+    def _weights_growth(self, scale: dict[tuple[str, int], float]) -> str | None:
+        """Why weights of ``scale`` are not a good state, or None: a param whose max |w|
+        grew past GROWTH_LIMIT times the last good state's (or than GROWTH_LIMIT where that
+        was below 1, so that a param starting at 0 may grow)."""
+        reference = self._good_scale or {}
+        for key, value in scale.items():
+            before = reference.get(key, 0.0)
+            if value > GROWTH_LIMIT * max(before, 1.0):
+                since = f"iteration {self.last_good[0]}" if self.last_good else "the start"
+                return (f"max |w| of param {key[1]} of layer '{key[0]}' grew from {before:.3g} "
+                        f"to {value:.3g} since {since} (more than {GROWTH_LIMIT:g}x)")
+        return None
+
+    def _last_good_text(self) -> str:
+        if self.last_good is None:
+            return "no snapshot was a good state: start again from the initial weights " \
+                "(a lower learning rate, or the loss normalization, may help)"
+        iteration, model, state = self.last_good
+        return f"the last good state is the snapshot of iteration {iteration}: {model} and {state}"
 
     # ------------------------------------------------------------------ testing
     def test_all(self) -> list[dict[str, float]]:
@@ -472,6 +507,8 @@ class Solver:
         Every rank must call it (it gathers the ranks' RNG states); rank 0 writes."""
         if not _params_finite(self.net):
             self._diverged("the parameters are not finite")     # never snapshot them
+        scale = _param_scale(self.net)
+        growth = self._weights_growth(scale)
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
         model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
         state = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
@@ -498,6 +535,10 @@ class Solver:
                               iteration=self.iter) from None
         log.info("Snapshotting to %s and %s", model, state)
         self.last_snapshot = (model, state)
+        if growth is None:
+            self.last_good, self._good_scale = (self.iter, model, state), scale
+        else:
+            log.warning("Snapshot of iteration %d is not a good state: %s", self.iter, growth)
         return model, state
 
     def _resume_state(self) -> str:
@@ -635,6 +676,15 @@ def _diff(param: torch.nn.Parameter) -> torch.Tensor:
     if param.grad is None:
         param.grad = torch.zeros_like(param)
     return param.grad
+
+
+def _param_scale(net: Net) -> dict[tuple[str, int], float]:
+    """max |w| of every param blob, by (layer name, blob index)."""
+    with torch.no_grad():
+        maxima = {(layer.name, k): blob.detach().abs().max()
+                  for layer in net.layers for k, blob in enumerate(layer.blobs) if blob.numel()}
+        values = torch.stack(list(maxima.values())).tolist() if maxima else []
+    return dict(zip(maxima, values))
 
 
 def _params_finite(net: Net) -> bool:

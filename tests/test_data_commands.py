@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 
 import numpy as np
 from data_layouts import make_cityscapes, make_gta5, write_grey
@@ -43,3 +45,22 @@ def test_stats_writes_the_file_the_mil_loss_reads(tmp_path, capsys):
     assert stats.num_images == 3
     assert np.all(stats.alpha <= stats.delta) and np.all(stats.delta <= stats.gamma)
     assert "alpha   delta   gamma" in capsys.readouterr().out
+
+
+def test_a_library_warning_reaches_the_user_as_one_plain_line(tmp_path):
+    # One image all 'car' among 1/64-car images: the stats clip car's mean and warn.
+    from data_layouts import write_palette
+    for frame in range(1, 21):
+        ids = np.full((8, 8), 7, np.uint8)
+        ids[0, 0] = 26
+        if frame == 20:
+            ids[:] = 26
+        write_palette(tmp_path / "gta/labels" / f"{frame:05d}.png", ids)
+        write_palette(tmp_path / "gta/images" / f"{frame:05d}.png", ids)
+    done = subprocess.run([sys.executable, "-m", "fcnwild.tools.cli", "stats", "--dataset",
+                           f"gta5:{tmp_path / 'gta'}", "--out", str(tmp_path / "s.json"), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    warning_lines = [line for line in done.stderr.splitlines() if "warning:" in line]
+    assert len(warning_lines) == 1 and warning_lines[0].startswith("fcnwild: warning: mean class size")
+    assert "UserWarning" not in done.stderr and ".py:" not in done.stderr

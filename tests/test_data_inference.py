@@ -16,6 +16,7 @@ from fcnwild.data.evaluation import PredictionWriter
 from fcnwild.data.inference import TiledPredictor, evaluate_net, interp_map
 from fcnwild.data.score_predictions import score_predictions
 from fcnwild.nets.net import Net
+from fcnwild.nets.tile_size import budget_predictor, forward_bytes
 from fcnwild.tools import eval_cmd
 
 MEAN = np.array([72.39, 82.91, 73.16], np.float32)
@@ -183,3 +184,48 @@ def test_real_net_tiles_like_test_py_and_eval_command(tmp_path):
     dataset = open_dataset(f"cityscapes:{tmp_path / 'cs'}", "val")
     rescored = score_predictions(dataset, tmp_path / "pred/labelIds", progress=False)
     assert rescored.confusion.counts.tolist() == json.loads((tmp_path / "r.json").read_text())["confusion"]
+
+
+def test_forward_bytes_adds_every_blob_and_the_largest_im2col_buffer(tmp_path):
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(MINI_FRONT_END)
+    net = Net(str(prototxt), phase="TEST")
+    h, w = 30, 42
+    conv1 = (h - 2) * (w - 2)
+    pool1 = (h - 2) // 2 * ((w - 2) // 2)
+    final = ((h - 2) // 2 - 2) * ((w - 2) // 2 - 2)
+    blobs = 3 * h * w + 4 * conv1 + 4 * pool1 + 19 * final * 2          # data, conv1, pool1, final, prob
+    im2col = max(3 * 9 * conv1, 4 * 9 * final)
+    assert forward_bytes(net, "data", h, w) == 4 * (blobs + im2col)
+    assert net.blobs["prob"].shape == (1, 19, (h - 2) // 2 - 2, (w - 2) // 2 - 2)
+
+
+@pytest.mark.parametrize("image_shape", [(23, 37), (32, 48), (41, 30)])
+def test_the_budgets_tile_predicts_what_the_deploys_own_tiles_predict(tmp_path, image_shape):
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(MINI_FRONT_END)
+    Net(str(prototxt), phase="TEST").save(str(tmp_path / "w.caffemodel"))
+    image = np.random.default_rng(5).integers(0, 256, image_shape + (3,), dtype=np.uint8)
+
+    def net():
+        return Net(str(prototxt), weights=str(tmp_path / "w.caffemodel"), phase="TEST")
+    expected = TiledPredictor(net(), MEAN, margin=3).scores(image)   # 16 px output tiles
+    choices = []
+    for budget in (1 << 30, 60_000, 25_000, 12_000):
+        predictor, choice = budget_predictor(net(), MEAN, 3, image_shape, budget=budget)
+        assert choice.bytes <= budget
+        np.testing.assert_allclose(predictor.scores(image), expected, rtol=1e-5, atol=1e-7)
+        choices.append(choice)
+    whole = choices[0]
+    assert whole.tiles == (1, 1) and whole.input_size[0] >= image_shape[0] + 6
+    areas = [c.input_size[0] * c.input_size[1] for c in choices]
+    assert areas == sorted(areas, reverse=True) and areas[-1] < areas[0]
+    assert choices[-1].tiles[0] * choices[-1].tiles[1] > 1
+    with pytest.raises(NetError, match="no input size fits a memory budget"):
+        budget_predictor(net(), MEAN, 3, image_shape, budget=2_000)
+    # An explicit tile (the deploy's own 22 px) is the fyu/dilation tiling itself.
+    predictor, choice = budget_predictor(net(), MEAN, 3, image_shape, tile=22)
+    assert choice.input_size == (22, 22)
+    np.testing.assert_array_equal(predictor.scores(image), expected)
+    with pytest.raises(NetError, match="multiple of the net's output stride 2"):
+        budget_predictor(net(), MEAN, 3, image_shape, tile=23)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 from data_layouts import (
@@ -97,13 +98,64 @@ def test_cityscapes_broken_trees(tmp_path):
     assert len(unlabelled) == 3 and not unlabelled.labelled and unlabelled[0].label is None
 
 
-def test_gta5_skips_missing_and_mis_sized_labels_with_a_warning(tmp_path):
-    written = make_gta5(tmp_path, frames=5, missing_label=(2,), wrong_size=(4,))
-    with pytest.warns(UserWarning, match=r"skipped 1 images without a label \(e.g. 00002.png\) and 1 whose "
-                                         r"label size differs from the image \(e.g. 00004.png\); kept 3 of 5"):
-        dataset = open_dataset(f"gta5:{tmp_path}")
+def test_gta5_lists_every_missing_and_mis_sized_label_at_open(tmp_path, recwarn):
+    written = make_gta5(tmp_path, frames=5, missing_label=(2,), wrong_size=(4, 5))
+    with pytest.raises(DatasetError) as raised:
+        open_dataset(f"gta5:{tmp_path}")
+    message = str(raised.value)
+    assert "1 of 5 images have no label file and 2 labels differ in size" in message
+    assert "skip_defective=true" in message
+    assert f"{tmp_path / 'labels/00002.png'} is missing" in message
+    for frame in ("00004", "00005"):
+        assert (f"{tmp_path / 'labels' / frame}.png is 20x14 but its image "
+                f"{tmp_path / 'images' / frame}.png is 20x12") in message
+    dataset = open_dataset(f"gta5:{tmp_path}?skip_defective=true")
+    assert dataset.names() == ["00001", "00003"]
+    assert "left out 3 defective frame(s)" in repr(dataset) and "00004.png is 20x14" in repr(dataset)
     assert Image.open(tmp_path / "labels/00001.png").mode == "P"
-    check_labels(dataset, {k: v for k, v in written.items() if k != "00004"}, CITYSCAPES_ID_NAME)
+    check_labels(dataset, {k: v for k, v in written.items() if k in ("00001", "00003")}, CITYSCAPES_ID_NAME)
+    assert [str(w.message) for w in recwarn.list if issubclass(w.category, UserWarning)] == []
+
+
+def shrink_label(path, rows: int = 1) -> None:
+    """Rewrite a label file with ``rows`` fewer rows, keeping its PNG mode."""
+    with Image.open(path) as im:
+        im.load()
+        smaller = im.crop((0, 0, im.width, im.height - rows))
+    smaller.save(path)
+
+
+def test_every_reader_lists_all_label_size_mismatches_before_reading(tmp_path):
+    make_cityscapes(tmp_path / "cs", cities={"aachen": 2, "bremen": 1})
+    bad = [tmp_path / "cs/gtFine/val/aachen/aachen_000001_000020_gtFine_labelIds.png",
+           tmp_path / "cs/gtFine/val/bremen/bremen_000000_000019_gtFine_labelIds.png"]
+    for path in bad:
+        shrink_label(path)
+    with pytest.raises(DatasetError, match="2 cityscapes label") as raised:
+        open_dataset(f"cityscapes:{tmp_path / 'cs'}", "val")
+    for path in bad:
+        image = str(path).replace("gtFine_labelIds", "leftImg8bit").replace("/gtFine/", "/leftImg8bit/")
+        assert f"{path} is 24x15 but its image {image} is 24x16" in str(raised.value)
+    # Unlabelled, the labels are not read, so their sizes do not matter.
+    assert len(open_dataset(f"cityscapes:{tmp_path / 'cs'}?labels=false", "val")) == 3
+
+    make_synthia_rand(tmp_path / "rand", frames=2)
+    label = tmp_path / "rand/GT/LABELS/0000001.png"
+    # 16-bit RGB: rewritten through OpenCV, which keeps the depth Pillow would lose.
+    cv2.imwrite(str(label), cv2.imread(str(label), cv2.IMREAD_UNCHANGED)[:-2])
+    with pytest.raises(DatasetError, match=r"(?s)1 synthia label.*0000001.png is 14x8 but its image"):
+        open_dataset(f"synthia:{tmp_path / 'rand'}")
+
+    make_synthia_seqs(tmp_path / "seqs", {"SYNTHIA-SEQS-01-SUMMER": 2})
+    label = tmp_path / "seqs/SYNTHIA-SEQS-01-SUMMER/GT/LABELS/Stereo_Left/Omni_F/000000.png"
+    cv2.imwrite(str(label), cv2.imread(str(label), cv2.IMREAD_UNCHANGED)[:, :-1])
+    with pytest.raises(DatasetError, match=r"(?s)1 synthia-seqs label.*000000.png is 13x10 but"):
+        open_dataset(f"synthia-seqs:{tmp_path / 'seqs'}?season=summer")
+
+    write_rgb(tmp_path / "bdd/images/val/a.jpg", random_rgb(np.random.default_rng(0), 8, 10))
+    write_grey(tmp_path / "bdd/labels/val/a_train_id.png", np.zeros((10, 8), np.uint8))
+    with pytest.raises(DatasetError, match=r"(?s)1 bdd label.*a_train_id.png is 8x10 but its image .*a.jpg is 10x8"):
+        open_dataset(f"bdd:{tmp_path / 'bdd'}", "val")
 
 
 def test_gta5_split_mat(tmp_path):

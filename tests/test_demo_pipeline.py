@@ -97,3 +97,20 @@ def test_adapt_refuses_a_target_in_another_label_space(tmp_path):
                              "--source-split", "all",
                              "--target-split", "all", "--eval-split", "all"])
     assert not (tmp_path / "x").exists()
+
+
+def test_adapt_defaults_to_splits_each_official_layout_has(tmp_path):
+    from data_layouts import make_cityscapes, make_gta5
+    make_gta5(tmp_path / "gta5", frames=2)           # the published layout: no split.mat
+    make_cityscapes(tmp_path / "cs", split="train", cities={"aachen": 1})
+    make_cityscapes(tmp_path / "cs", split="val", cities={"bremen": 1})
+    parser = argparse.ArgumentParser()
+    adapt_cmd.add_arguments(parser)
+    args = parser.parse_args(["--source", f"gta5:{tmp_path / 'gta5'}", "--target",
+                              f"cityscapes:{tmp_path / 'cs'}", "--iter-size", "3"])
+    experiment = adapt_cmd.experiment_from_args(args)
+    assert (experiment.source.split, experiment.target.split) == ("all", "train")
+    assert {s.iter_size for s in experiment.settings.values()} == {3}
+    args.source_split = "train"       # asked for explicitly, the split needs split.mat
+    with pytest.raises(DatasetError, match="split.mat is missing"):
+        adapt_cmd.experiment_from_args(args)

@@ -116,6 +116,18 @@ def test_empty_and_non_caffemodel_files(tmp_path):
         weights.open_weights(tmp_path / "absent.caffemodel")
 
 
+@pytest.mark.parametrize("model", sorted(CAFFE.glob("*/net.prototxt"))[:3] + [
+    Path(__file__).parents[1] / "prototxt/gta5_to_cityscapes/ga_net.prototxt"], ids=lambda p: p.parent.name)
+def test_a_text_prototxt_given_as_weights_is_named_as_such(model, tmp_path):
+    with pytest.raises(WeightsError, match="is a text prototxt .*, not a caffemodel"):
+        weights.open_weights(model)
+    # Without the first lines (as when a comment or a solver field comes first).
+    body = tmp_path / "body.prototxt"
+    body.write_text("# a net\n" + model.read_text().split("\n", 2)[-1])
+    with pytest.raises(WeightsError, match="is a text prototxt"):
+        weights.open_weights(body)
+
+
 def test_hdf5_written_by_caffe_is_read():
     case = CAFFE / "format_hdf5_weights"
     ref = h5py.File(case / "blobs.h5", "r")

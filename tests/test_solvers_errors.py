@@ -297,11 +297,39 @@ def test_infinite_update_is_never_applied_nor_snapshotted(folder):
     assert err.iteration == 3 and "the update rule produced a non-finite update" in str(err)
     # every update is inf; diffs are searched in backward order, so the last layer is named
     assert "first non-finite diff in param 0 of layer 'score'" in str(err)
-    assert "no snapshot was written (the last snapshot is" in str(err)
+    assert "no snapshot was written; the last good state is the snapshot of iteration 2" in str(err)
     assert str(folder / "snapshots/run_iter_2.solverstate") in str(err)
     assert sorted(p.name for p in (folder / "snapshots").iterdir()) == [
         "run_iter_2.caffemodel", "run_iter_2.solverstate"]
     assert all(np.isfinite(p.data).all() for blobs in solver.net.params.values() for p in blobs)
+
+
+def test_weights_blown_up_before_the_nan_are_not_called_the_last_good_state(folder):
+    """A rate growing 4x per iteration: the weights grow by orders of magnitude for some iterations, still
+    finite, before the loss overflows. The last good state is the last snapshot whose
+    weights stayed within GROWTH_LIMIT of the one before, and the message says which."""
+    path = _solver_file(folder, max_iter=60, snapshot=1, base_lr=1e-2, lr_policy="exp", gamma=4.0,
+                        weight_decay=0.0)
+    solver = Solver(path)
+    scales = {}
+    solver.hooks.append(lambda s, loss: scales.__setitem__(
+        s.iter, max(np.abs(p.data).max() for blobs in s.net.params.values() for p in blobs)))
+    start = max(np.abs(p.data).max() for blobs in solver.net.params.values() for p in blobs)
+    with pytest.raises(DivergenceError) as info:
+        solver.solve()
+    err = str(info.value)
+    good = solver.last_good[0]
+    # Every snapshot up to the last good one grew less than 100x (or stayed below 100).
+    previous = start
+    for iteration in range(1, good + 1):
+        assert scales[iteration] <= 100 * max(previous, 1.0)
+        previous = scales[iteration]
+    later = [scales[i] for i in range(good + 1, max(scales) + 1)]
+    assert later and max(later) > 100 * max(scales[good], 1.0)
+    assert f"the last good state is the snapshot of iteration {good}" in err
+    assert str(folder / f"snapshots/run_iter_{good}.caffemodel") in err
+    saved = weights(folder / f"snapshots/run_iter_{good}.caffemodel")
+    assert max(np.abs(b).max() for blobs in saved.values() for b in blobs) == pytest.approx(scales[good])
 
 
 def test_nan_weights_load_and_training_names_the_first_bad_layer(folder):

@@ -189,3 +189,26 @@ def test_surgery_refuses_blobs_that_cannot_fill_the_target(tmp_path, capsys):
     assert "layer 'fc6'" in error and "cannot fill" in error
     assert not output.exists()
     assert read_net_param(tmp_path / "conv.prototxt").layer[2].name == "fc6"
+
+
+def test_every_flag_of_every_verb_says_what_it_does():
+    import argparse as _argparse
+
+    from fcnwild.tools.cli import build_parser
+    verbs = next(a for a in build_parser()._actions if isinstance(a, _argparse._SubParsersAction))
+    silent = [f"{verb} {action.option_strings or action.dest}"
+              for verb, parser in verbs.choices.items() for action in parser._actions
+              if not action.help and not isinstance(action, _argparse._HelpAction)]
+    assert silent == []
+
+
+def test_the_progress_bar_shows_each_adversarial_loss_term_apart():
+    import types
+
+    from fcnwild.tools.progress import loss_terms
+    solver = types.SimpleNamespace(smoothed_loss=3598.0, step_losses={
+        "classifier": 22358.2, "representation": 3598.0, "loss": 2.7, "dom_loss": 0.69,
+        "dom_loss_inv": 0.7})
+    assert loss_terms(solver) == {"objective": "3598", "loss": "2.7", "dom_loss": "0.69",
+                                  "dom_loss_inv": "0.7"}
+    assert loss_terms(types.SimpleNamespace(smoothed_loss=1.25)) == {"loss": "1.25"}

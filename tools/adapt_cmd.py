@@ -9,9 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from fcnwild.base.errors import DatasetError, UsageError
-from fcnwild.data.datasets import open_dataset
+from fcnwild.data.datasets import open_dataset, parse_spec
 from fcnwild.nets.frontend import ARCHITECTURES, DataSpec
 from fcnwild.nets.precision import PRECISIONS
+from fcnwild.nets.tile_size import DEFAULT_MEMORY_BUDGET
 from fcnwild.tools.experiment.config import (
     STAGE_TITLES,
     STAGES,
@@ -20,6 +21,7 @@ from fcnwild.tools.experiment.config import (
     synthetic_experiment,
 )
 from fcnwild.tools.experiment.run import AdaptationRun
+from fcnwild.tools.experiment.scoring import TargetScorer
 from fcnwild.tools.experiment.settings import ADAPTATION, SOURCE_ONLY, SolverSettings
 from fcnwild.tools.progress import setup_logging, stage_progress
 
@@ -37,17 +39,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     real = parser.add_argument_group("real datasets (instead of the synthetic benchmark)")
     real.add_argument("--source", help="labelled source dataset spec, e.g. gta5:/data/GTA5")
     real.add_argument("--target", help="target dataset spec, e.g. cityscapes:/data/cityscapes")
-    real.add_argument("--source-split", default="train")
-    real.add_argument("--target-split", default="train", help="unlabelled training images")
+    real.add_argument("--source-split",
+                      help="labelled source training split (default: every frame of a set "
+                      "without official splits, e.g. gta5 or synthia; else train)")
+    real.add_argument("--target-split", help="unlabelled target training images (default as "
+                      "--source-split)")
     real.add_argument("--eval-split", default="val", help="labelled target split to score on")
     real.add_argument("--oracle-split", help="labelled target training split for the oracle")
-    real.add_argument("--arch", default="frontend", choices=sorted(ARCHITECTURES))
-    real.add_argument("--classes", type=int, default=19)
-    real.add_argument("--crop", type=int, default=500)
+    real.add_argument("--arch", default="frontend", choices=sorted(ARCHITECTURES),
+                      help="network: the paper's dilated VGG-16 front-end (default) or a "
+                      "smaller one")
+    real.add_argument("--classes", type=int, default=19,
+                      help="classes the net predicts; must match the target's label space "
+                      "(default 19)")
+    real.add_argument("--crop", type=int, default=500,
+                      help="training crop in pixels, source and target (default 500)")
+    real.add_argument("--iter-size", type=int,
+                      help="images per update of every stage, as the solvers' iter_size "
+                      "(default: source-only 14, GA and GA+CA 7 source + 7 target)")
+    real.add_argument("--eval-tile", type=int, metavar="PIXELS",
+                      help="square net input for scoring the stages (default: the largest "
+                      "that fits --memory-budget; the whole image when it fits)")
+    real.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET / 2**30,
+                      metavar="GIB", help="memory a scoring forward pass may take "
+                      f"(default {DEFAULT_MEMORY_BUDGET / 2**30:g})")
     real.add_argument("--weights", help="initial weights of the source-only stage "
                       "(e.g. VGG-16 after `fcnwild surgery`)")
     real.add_argument("--iterations", default="",
                       help="per-stage iterations, e.g. source_only=40000,ga=20000")
+
+
+# Sets published without train/val splits: their whole set is the adaptation source.
+_WHOLE_SETS = ("gta5", "synthia", "synthia-seqs", "folder")
+
+
+def default_split(spec: str) -> str:
+    """The training split a dataset's official layout has: ``all`` for a set without
+    splits (GTA5's split.mat is optional), else ``train``."""
+    return "all" if parse_spec(spec)[0] in _WHOLE_SETS else "train"
 
 
 def experiment_from_args(args: argparse.Namespace) -> Experiment:
@@ -56,9 +85,11 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
     if not (args.source and args.target):
         raise UsageError("give both --source and --target (or neither, for the embedded "
                          "synthetic benchmark)")
+    source_split = args.source_split or default_split(args.source)
+    target_split = args.target_split or default_split(args.target)
     # Open every split now: a wrong root or layout stops here, before any training.
-    open_dataset(args.source, args.source_split)
-    open_dataset(args.target, args.target_split)
+    open_dataset(args.source, source_split)
+    open_dataset(args.target, target_split)
     evaluation = open_dataset(args.target, args.eval_split)
     if not evaluation.labelled:
         raise DatasetError(f"{evaluation!r}: the evaluation split needs labels")
@@ -75,9 +106,13 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
         if stage not in settings or not count.isdigit():
             raise UsageError(f"--iterations {item!r}: expected STAGE=N with STAGE in {STAGES}")
         settings[stage] = replace(settings[stage], max_iter=int(count))
+    if args.iter_size is not None:
+        if args.iter_size < 1:
+            raise UsageError(f"--iter-size {args.iter_size}: expected a positive count")
+        settings = {stage: replace(s, iter_size=args.iter_size) for stage, s in settings.items()}
     oracle = DataSpec(args.target, args.oracle_split, **data) if args.oracle_split else None
-    return Experiment(arch, DataSpec(args.source, args.source_split, **data),
-                      DataSpec(args.target, args.target_split, unlabelled=True, **data),
+    return Experiment(arch, DataSpec(args.source, source_split, **data),
+                      DataSpec(args.target, target_split, unlabelled=True, **data),
                       (args.target, args.eval_split), settings, oracle=oracle,
                       initial_weights=args.weights)
 
@@ -87,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
     stages = stage_order(tuple(s for s in args.stages.split(",") if s))
     experiment = experiment_from_args(args)
     with stage_progress() as progress:
-        results = AdaptationRun(experiment, args.out, progress,
-                                precision=args.precision).run(stages)
+        scorer = TargetScorer(experiment, tile=args.eval_tile,
+                              budget=int(args.memory_budget * 2**30))
+        results = AdaptationRun(experiment, args.out, progress, precision=args.precision,
+                                scorer=scorer).run(stages)
     for stage, result in results.items():
         means = ", ".join(f"{k}-class {100 * v:.1f}" for k, v in result["mean_iou"].items()
                           if v is not None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Sequence
 
 from fcnwild.base.errors import FcnwildError
@@ -49,9 +50,18 @@ def build_parser(prog: str = "fcnwild") -> argparse.ArgumentParser:
     return parser
 
 
+def plain_warning(prog: str):
+    """A ``warnings.formatwarning`` that prints ``prog: warning: message``: a warning from the
+    library is advice to the user, not a source line of ours to debug."""
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        return f"{prog}: warning: {message}\n"
+    return format_warning
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "fcnwild") -> int:
     """Run one verb; ``prog`` is the program name messages give (``caffe`` for the shim)."""
     args = build_parser(prog).parse_args(argv)
+    warnings.formatwarning = plain_warning(prog)
     retain_freed_memory()
     try:
         return int(args.run(args) or 0)

@@ -15,11 +15,12 @@ import torch
 from fcnwild.data.base import SegmentationDataset, skipped_report
 from fcnwild.data.datasets import open_dataset
 from fcnwild.data.evaluation import EvaluationResult, PredictionWriter
-from fcnwild.data.inference import TiledPredictor, evaluate_net
+from fcnwild.data.inference import evaluate_net
 from fcnwild.data.labels import CITYSCAPES_MEAN_BGR
 from fcnwild.data.score_predictions import ENCODINGS, score_predictions
 from fcnwild.nets.frontend import ARCHITECTURES
 from fcnwild.nets.net import Net
+from fcnwild.nets.tile_size import DEFAULT_MEMORY_BUDGET, budget_predictor
 
 FRONT_END = ARCHITECTURES["frontend"]
 
@@ -45,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context margin of the net per side (default: the dilated "
                              f"front-end's, {FRONT_END.margin})")
     parser.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
+    parser.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET / 2**30,
+                        metavar="GIB", help="memory a forward pass may take: the net runs on the "
+                        "largest input that fits (the whole image when it does), predicting "
+                        "exactly what tiles of the deploy's own input size predict "
+                        f"(default {DEFAULT_MEMORY_BUDGET / 2**30:g})")
+    parser.add_argument("--tile", type=int, metavar="PIXELS",
+                        help="run the net on square inputs of this size instead of the "
+                        "budget's choice (the deploy's own size reproduces fyu/dilation's tiling)")
     parser.add_argument("--output-blob", help="score blob to read (default: 'prob', else the last output)")
     parser.add_argument("--device", default="cpu", help="torch device for --model (cpu, cuda, cuda:1)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
@@ -89,8 +98,13 @@ def _evaluate_model(args: argparse.Namespace, dataset: SegmentationDataset,
                     progress: bool) -> EvaluationResult | None:
     net = Net(args.model, weights=args.weights, phase="TEST")
     net.to(args.device)
-    predictor = TiledPredictor(net, args.mean, margin=args.margin, batch_size=args.batch_size,
-                               output_blob=args.output_blob)
+    predictor, choice = budget_predictor(
+        net, args.mean, args.margin, dataset.image(0).shape[:2],
+        budget=int(args.memory_budget * 2**30), tile=args.tile, batch_size=args.batch_size,
+        output_blob=args.output_blob)
+    print(f"net input {choice.input_size[0]}x{choice.input_size[1]}: {choice.tiles[0]} x "
+          f"{choice.tiles[1]} tile(s) per image, about {choice.bytes / 2**30:.2f} GiB per forward",
+          file=sys.stderr)
     writer = PredictionWriter(args.save_predictions, dataset.label_space) if args.save_predictions else None
     with torch.no_grad():
         return evaluate_net(predictor, dataset, writer=writer, progress=progress, strict=args.strict)

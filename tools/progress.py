@@ -34,7 +34,7 @@ def iteration_progress(solver, disable: bool = False, desc: str = "train") -> It
                         disable=disable, dynamic_ncols=True) as bar:
         def advance(s, loss: float) -> None:
             bar.n = s.iter
-            bar.set_postfix(loss=f"{s.smoothed_loss:.4g}", refresh=False)
+            bar.set_postfix(loss_terms(s), refresh=False)
             bar.update(0)
         solver.hooks.append(advance)
         try:
@@ -43,12 +43,25 @@ def iteration_progress(solver, disable: bool = False, desc: str = "train") -> It
             solver.hooks.remove(advance)
 
 
+def loss_terms(solver) -> dict[str, str]:
+    """What a bar shows of a solver: the smoothed loss, and where the solver trains
+    several objectives (the adversarial one), each loss top of its last step on its own,
+    since their weighted sum hides which one moves."""
+    tops = {name: f"{value:.4g}" for name, value in getattr(solver, "step_losses", {}).items()
+            if name not in ("classifier", "representation")}
+    if not tops:
+        return {"loss": f"{solver.smoothed_loss:.4g}"}
+    return {"objective": f"{solver.smoothed_loss:.4g}", **tops}
+
+
 @contextlib.contextmanager
 def stage_progress(disable: bool = False) -> Iterator:
-    """A callback ``(stage, iteration, total)`` drawing one bar per training stage."""
+    """A callback ``(stage, iteration, total[, terms])`` drawing one bar per training
+    stage, with ``terms`` (name -> value: each loss and accuracy top) beside it."""
     bars: dict[str, tqdm] = {}
 
-    def advance(stage: str, iteration: int, total: int) -> None:
+    def advance(stage: str, iteration: int, total: int,
+                terms: dict[str, float] | None = None) -> None:
         bar = bars.get(stage)
         if bar is None:
             for other in bars.values():
@@ -56,6 +69,9 @@ def stage_progress(disable: bool = False) -> Iterator:
             bar = bars[stage] = tqdm(total=total, desc=stage, unit="it", disable=disable,
                                      dynamic_ncols=True, leave=True)
         bar.n = iteration
+        if terms:
+            bar.set_postfix({name: f"{value:.4g}" for name, value in terms.items()},
+                            refresh=False)
         bar.refresh()
 
     try:

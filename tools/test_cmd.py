@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_net_state_flags(parser, default_phase="test")
     add_gpu_flag(parser, "the first id is used")
     parser.add_argument("--device", help="torch device instead of -gpu (default cpu)")
-    parser.add_argument("--allow-python", action="store_true")
+    parser.add_argument("--allow-python", action="store_true",
+                        help="allow Python layers (they run arbitrary code)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure again which kernel runs each convolution operation on this "
                         "machine (the choice is otherwise measured once and cached; see "
                         "FCNWILD_CONV_TUNING)")
-    parser.add_argument("--allow-python", action="store_true")
+    parser.add_argument("--allow-python", action="store_true",
+                        help="allow Python layers (they run arbitrary code)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,12 @@ from fcnwild.nets.frontend import (
     adaptation_net,
     train_net,
 )
-from fcnwild.tools.experiment.settings import SolverSettings, solver_param
+from fcnwild.tools.experiment.settings import (
+    ADVERSARIAL_WEIGHTS,
+    DOMAIN_LOSS_NORMALIZATION,
+    SolverSettings,
+    solver_param,
+)
 
 STAGES = ("source_only", "ga", "ga_ca", "oracle")
 STAGE_TITLES = {"source_only": "source only", "ga": "GA", "ga_ca": "GA+CA",
@@ -33,9 +38,7 @@ class Experiment:
     oracle: DataSpec | None = None        # labelled target training data, oracle stage only
     initial_weights: str | None = None    # e.g. the VGG-16 surgery result, for source-only
     mean: tuple[float, float, float] = field(default=DataSpec.mean)
-    # The paper sums the domain losses over all units; small nets trained from scratch
-    # take their mean instead, so one learning rate suits both losses.
-    domain_normalization: int = caffe_pb2.LossParameter.NONE
+    domain_normalization: int = DOMAIN_LOSS_NORMALIZATION   # settings.py says why
     mil: caffe_pb2.ConstrainedMILParameter | None = None
     # Where GA+CA's image-level labels come from: the MIL layer's rule applied online to the
     # net being trained ("online"), or once, by the net the stage starts from
@@ -89,8 +92,7 @@ def synthetic_experiment(seed: int = 0, scale: float = 1.0, *, height: int | Non
                                 random_seed=seed, extra={"momentum2": 0.999})
     # The adversarial game does not settle at a fixed rate: target mIoU swings by several
     # points between snapshots, so the adaptation stages decay their rate to zero (poly).
-    adaptation = replace(supervised, base_lr=2e-4, lr_policy="poly", classifier_lr_mult=5.0,
-                         domain_weight=0.1, mil_weight=0.05,
+    adaptation = replace(supervised, base_lr=2e-4, lr_policy="poly", **ADVERSARIAL_WEIGHTS,
                          extra={**supervised.extra, "power": 0.9})
     iterations = {"source_only": 600, "oracle": 600, "ga": 300, "ga_ca": 300}
     settings = {stage: replace(adaptation if stage in ("ga", "ga_ca") else supervised,
@@ -98,5 +100,4 @@ def synthetic_experiment(seed: int = 0, scale: float = 1.0, *, height: int | Non
                 for stage, n in iterations.items()}
     mil = caffe_pb2.ConstrainedMILParameter(lower_slack=0.5, upper_slack=2.0)
     return Experiment(ARCHITECTURES["small"], source, target, (spec, "target_val"), settings,
-                      oracle=oracle, domain_normalization=caffe_pb2.LossParameter.VALID,
-                      mil=mil)
+                      oracle=oracle, mil=mil)

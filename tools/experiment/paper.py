@@ -8,7 +8,9 @@ single-dataset nets also come as ``*_imagelabel`` twins for users who keep
 image/label file lists: caffe-dilation's ImageLabelData in place of
 SegmentationData, the lists named by variables such as
 ``${CITYSCAPES_TRAIN_IMAGE_LIST}`` / ``${CITYSCAPES_TRAIN_LABEL_LIST}``. The solver
-settings are ``settings.SOURCE_ONLY`` and ``settings.ADAPTATION``.
+settings are ``settings.SOURCE_ONLY`` and ``settings.ADAPTATION``; the adversarial losses'
+normalization and weights follow ``settings.DOMAIN_LOSS_NORMALIZATION`` and
+``settings.ADVERSARIAL_WEIGHTS``, as the demo's do.
 """
 from __future__ import annotations
 
@@ -29,7 +31,12 @@ from fcnwild.nets.frontend import (
 )
 from fcnwild.nets.prototxt import to_text
 from fcnwild.tools.experiment.config import synthetic_experiment
-from fcnwild.tools.experiment.settings import ADAPTATION, SOURCE_ONLY, solver_param
+from fcnwild.tools.experiment.settings import (
+    ADAPTATION,
+    DOMAIN_LOSS_NORMALIZATION,
+    SOURCE_ONLY,
+    solver_param,
+)
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,8 @@ def experiment_files(experiment: Adaptation, arch: FrontEnd
         what = "global alignment" if not category else "global + category-specific alignment"
         files.append((f"{folder}/{stage}_net.prototxt",
                       adaptation_net(arch, f"{folder}_{stage}", experiment.source,
-                                     experiment.target, category=category),
+                                     experiment.target, category=category,
+                                     domain_normalization=DOMAIN_LOSS_NORMALIZATION),
                       f"{title}: {what} (one shared network over [source; target])." +
                       ("\nclass_stats.json: `fcnwild stats` on the source dataset." if category
                        else "")))
@@ -195,7 +203,7 @@ def synthetic_files() -> list[tuple[str, caffe_pb2.Message, str]]:
         files.append((f"synthetic/{stage}_net.prototxt",
                       adaptation_net(e.arch, stage, e.source, e.target, category=category,
                                      domain_normalization=e.domain_normalization, mil=e.mil),
-                      f"{title}: {stage} net (domain losses averaged over units)." +
+                      f"{title}: {stage} net." +
                       ("\nImage-level labels: the layer's online rule here; `fcnwild demo` "
                        "predicts them once\nwith the GA model instead (see tools/experiment/run.py)."
                        if category else "")))

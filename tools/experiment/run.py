@@ -43,14 +43,14 @@ class AdaptationRun:
 
     def __init__(self, experiment: Experiment, out_dir: str | os.PathLike,
                  progress: Callable[[str, int, int], None] | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", scorer: TargetScorer | None = None) -> None:
         self.experiment = experiment
         self.precision = precision
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         self.class_stats = self.out / "class_stats.json"
-        self.scorer = TargetScorer(experiment)
+        self.scorer = scorer or TargetScorer(experiment)
 
     def run(self, stages: tuple[str, ...] = STAGES) -> dict[str, dict]:
         return {stage: self.run_stage(stage) for stage in stage_order(stages)}
@@ -62,6 +62,9 @@ class AdaptationRun:
             log.info("%s: already done (%s)", STAGE_TITLES[stage], metrics_path)
             return json.loads(metrics_path.read_text())
         folder.mkdir(parents=True, exist_ok=True)
+        settings = self.experiment.settings[stage]
+        log.info("%s: building the nets (%d iterations, iter_size %d) in %s", STAGE_TITLES[stage],
+                 settings.max_iter, settings.iter_size, folder)
         solver_path = self._write_prototxt(stage, folder)
         torch.manual_seed(self.experiment.settings[stage].random_seed)
         solver = create_solver(solver_path, precision=self.precision)
@@ -75,6 +78,10 @@ class AdaptationRun:
         curves: dict[str, list[float]] = {name: [] for name in CURVE_TOPS
                                           if name in solver.net.blobs}
         solver.hooks.append(lambda s, loss: self._record(s, curves, stage))
+        if self.progress is not None:
+            self.progress(stage, solver.iter, solver.param.max_iter)
+        log.info("%s: iteration %d begins (%d forward/backward pass(es) before the first update)",
+                 STAGE_TITLES[stage], solver.iter, solver.param.iter_size)
         solver.solve(resume=snapshot)
         final = self.final_weights(stage)
         solver.net.save(final)
@@ -100,7 +107,8 @@ class AdaptationRun:
         for name, values in curves.items():
             values.append(float(solver.net.blobs[name].tensor.detach().sum()))
         if self.progress is not None:
-            self.progress(stage, solver.iter, solver.param.max_iter)
+            self.progress(stage, solver.iter, solver.param.max_iter,
+                          {name: values[-1] for name, values in curves.items()})
 
     def _write_prototxt(self, stage: str, folder: Path) -> Path:
         """The stage's net and solver (and, for GA+CA, what its MIL loss reads)."""

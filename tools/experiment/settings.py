@@ -58,8 +58,22 @@ def solver_param(net: str, prefix: str, settings: SolverSettings, *,
     return param
 
 
+# The adversarial losses' rule, one for every experiment (the paper's configurations and the
+# demo alike). The domain losses are averaged over the classifier's output units (VALID):
+# summed (the paper's eq. 2-5 as written), their gradient grows with the number of units (a
+# 500 px crop's 1/8 map: thousands per image), and one update of the front-end at the
+# segmentation loss's rate drives the domain classifier to certainty at once, its loss
+# clipped at -log(FLT_MIN) = 87.3 per unit and the representation's gradients with it. Mean
+# losses are independent of the map size and the batch, so one rule serves every crop,
+# image size and net width. With them the representation weighs the domain terms by
+# lambda = 0.1 and the MIL term by 0.05 against the segmentation loss, and the domain
+# classifier learns at 5x the representation's rate so that it keeps up with it.
+DOMAIN_LOSS_NORMALIZATION = caffe_pb2.LossParameter.VALID
+ADVERSARIAL_WEIGHTS = dict(classifier_lr_mult=5.0, domain_weight=0.1, mil_weight=0.05)
+
 # fyu/dilation's front-end defaults (SGD, lr 1e-4, momentum 0.9, weight decay 5e-4, 14 images
 # per update as batch 1 x iter_size 14); the adaptation stages fine-tune from the previous
 # stage at lr 1e-5 with 7 source + 7 target images per update.
 SOURCE_ONLY = SolverSettings(base_lr=1e-4, iter_size=14, max_iter=40000, snapshot=4000)
-ADAPTATION = SolverSettings(base_lr=1e-5, iter_size=7, max_iter=20000, snapshot=2000)
+ADAPTATION = SolverSettings(base_lr=1e-5, iter_size=7, max_iter=20000, snapshot=2000,
+                            **ADVERSARIAL_WEIGHTS)
