@@ -67,7 +67,8 @@ _GEMM_MIN_OUT_CHANNELS = 512
 # A very shallow input (VGG's conv1_1: 3 channels x 3x3 = 27 values per output
 # pixel) makes im2col cheap and oneDNN's blocking poor.
 _GEMM_MAX_SHALLOW_K = 32
-# One image's column matrix must stay small next to the activations.
+# A kernel's transient buffer (one image's column matrix, oneDNN's copy of a kernel)
+# must stay small next to the activations.
 _GEMM_MAX_COL_BYTES = 256 << 20
 
 
@@ -223,13 +224,18 @@ def _flipped_pad(kernel: Sequence[int], pad: Sequence[int], dilation: Sequence[i
 # measured choice of each operation's path
 # ---------------------------------------------------------------------------------------
 
-def _candidates(op: str, geom: Geometry, x_shape: Sequence[int], element_size: int) -> list[str]:
+def _candidates(op: str, geom: Geometry, x_shape: Sequence[int], w_shape: Sequence[int],
+                element_size: int) -> list[str]:
     """The paths worth measuring for one operation of a 2-D CPU convolution."""
     # torch's CPU weight gradient of a dilated kernel larger than 3x3 drops to a
     # reference loop once the problem is large (fc6: minutes instead of a fraction of
     # a second), and at a size a probe can afford it does not: it is never measured.
     dilated_large = any(d > 1 for d in geom.dilation) and math.prod(geom.kernel) > 9
-    paths = [] if op == "weight_grad" and dilated_large else ["native"]
+    # oneDNN's forward copies the whole kernel into its blocked layout on every call: for
+    # a kernel larger than a column matrix may be (fc6's 411 MB), that transient copy
+    # raises the step's peak memory by as much.
+    reordered = op == "forward" and element_size * math.prod(w_shape) > _GEMM_MAX_COL_BYTES
+    paths = [] if (op == "weight_grad" and dilated_large) or reordered else ["native"]
     cols = element_size * x_shape[1] * math.prod(geom.kernel) * math.prod(geom.out_size(x_shape[2:]))
     if geom.identity_cols or cols <= _GEMM_MAX_COL_BYTES:
         paths.append("gemm")
@@ -259,19 +265,27 @@ def _resolve(op: str, rule: str, geom: Geometry, fmt: torch.memory_format, *, w:
     sample = x if x is not None else gy
     if conv_tuning.mode() == "off":
         return rule
-    candidates = _candidates(op, geom, x_shape, sample.element_size())
+    candidates = _candidates(op, geom, x_shape, tuple(w.shape), sample.element_size())
     key = _plan_key(op, x_shape, w.shape, geom, sample.dtype, fmt)
     full = _trial_factory(op, geom, x_shape, w, x, gy)
     probe_shapes = _probe_shapes(x_shape, tuple(w.shape), geom.groups)
     probe = None
     if probe_shapes is not None:
-        gen = torch.Generator().manual_seed(0)
-        px_shape, pw_shape = probe_shapes
-        px = torch.randn(px_shape, generator=gen, dtype=sample.dtype).contiguous(memory_format=fmt)
-        pw = torch.randn(pw_shape, generator=gen, dtype=sample.dtype)
-        pgy = torch.randn((px_shape[0], pw_shape[0]) + geom.out_size(px_shape[2:]), generator=gen,
-                          dtype=sample.dtype).contiguous(memory_format=fmt)
-        probe = _trial_factory(op, geom, px_shape, pw, px, pgy)
+        made: list[Callable[[str], Callable[[], Tensor]]] = []
+
+        def probe(path: str) -> Callable[[], Tensor]:
+            # The probe's tensors are made only when a measurement runs: most calls
+            # find their plan in the cache.
+            if not made:
+                gen = torch.Generator().manual_seed(0)
+                px_shape, pw_shape = probe_shapes
+                px = torch.randn(px_shape, generator=gen,
+                                 dtype=sample.dtype).contiguous(memory_format=fmt)
+                pw = torch.randn(pw_shape, generator=gen, dtype=sample.dtype)
+                pgy = torch.randn((px_shape[0], pw_shape[0]) + geom.out_size(px_shape[2:]),
+                                  generator=gen, dtype=sample.dtype).contiguous(memory_format=fmt)
+                made.append(_trial_factory(op, geom, px_shape, pw, px, pgy))
+            return made[0](path)
     with torch.no_grad():
         return conv_tuning.choose(key, candidates, rule, full, probe)
 
