@@ -22,11 +22,15 @@ This is a port of CCNN's ``ConstraintSoftmax::computeLog`` and ``pgd``
 projected gradient descent on ``N*D(l)`` in ``l = N*lambda`` from ``l = 0`` with
 step ``alpha = 1e5``; a step is taken only if the float32 dual objective strictly
 decreases (then ``alpha *= 1.1``, else ``alpha *= 0.5``); the loop runs while
-``k <= 3000`` and ``alpha > 1e-8``, and has converged iff ``k < 3000``. Because the
-stop comes from float32 resolution, the objective, the gradient, the step, the step
-size and the projection are float32 with CCNN's roundings; exp, log and the order of
-the pixel sums are torch's, so the stopping point matches CCNN's up to float32 noise
-(a few iterations), not bit for bit. All images of a batch run in lockstep, each with
+``k <= 3000`` and ``alpha > 1e-8``, and has converged iff ``k < 3000``. The stop
+comes from float32 resolution: near the optimum the gradient is a small difference of
+float32 pixel sums and the objective a float32 sum of N log-sum-exps, so the rounding
+of those sums decides which trial step is accepted last. The solve therefore does
+CCNN's float32 arithmetic in CCNN's order (that of its Eigen 3.4 SSE expressions:
+class-by-class and pixel-by-pixel sums, packet-wise where Eigen vectorises them) with
+exp and log correctly rounded, as glibc's nearly always are; it then lands where CCNN
+does, bit for bit except where glibc's last bit differs. All images of a batch run in
+lockstep, each with
 its own step size; an image whose loop has ended is frozen and leaves the working
 set, so batching changes no bit of any image's answer.
 """
@@ -36,6 +40,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -44,8 +49,6 @@ from fcnwild.base.errors import NetError
 HARD = 1e10                 # CCNN's default slack: the multiplier cap never binds
 REMOVED_LOGIT = -1e10       # what computeLog writes into zero-constrained classes
 MAX_ITER = 3000
-EXP_FLOOR = -87.0                # exp(-87) = 1.6e-38, just above float32's smallest normal
-LOG2E = 1.4426950408889634       # exp(x) = exp2(x * log2(e))
 ALPHA_START, ALPHA_MIN = 1e5, 1e-8
 ALPHA_GROW, ALPHA_SHRINK = 1.1, 0.5
 # Default multiplier cap of a lower bound: CCNN WeakLoss's fg_slack, i.e. a class's
@@ -146,7 +149,11 @@ def solve_constrained_softmax(scores: Tensor, constraints: ConstraintSet,
             raise NetError(f"constraints for {constraints.A.shape[0]} images x "
                            f"{constraints.num_classes} classes do not fit scores of shape "
                            f"{tuple(scores.shape)} ({B} images x {C} classes)")
-        cs = constraints.to(f.device)
+        # CCNN's answer is fixed by the order of its CPU float32 sums, which the solve
+        # reproduces with numpy; it runs on the CPU whatever the scores' device.
+        device = f.device
+        f = f.cpu()
+        cs = constraints.to("cpu")
         s = float(torch.tensor(scale, dtype=torch.float32))   # CCNN keeps scale_ as float
         f = f.masked_fill(cs.absent[:, :, None], REMOVED_LOGIT)
         kept = cs.active[:, :, None] & ~cs.absent[:, None, :]
@@ -156,13 +163,18 @@ def solve_constrained_softmax(scores: Tensor, constraints: ConstraintSet,
         cap = torch.where(cs.active, cs.slack * N, 0.0)
         solve = (~cs.absent).sum(1) > 1
 
-        l, iterations = _projected_gradient_descent(f, A, b, cap, s, solve)
+        l, iterations = _projected_gradient_descent(f, A, b, cap, cs.active, ~cs.absent, s,
+                                                    solve)
         converged = ~solve | (iterations < MAX_ITER)
 
-        P = _softmax(_logits(f, _class_bias(l, A), s))
+        # compute(f): the softmax over all C columns, removed ones at exp(-1e10) = 0
+        e, _ = _shifted_exp(f, l, A, s)
+        P = e / _row_sums(e, torch.ones_like(cs.absent))[:, None]
         colsum = P.double().sum(2)
         values = torch.where(cs.active, (cs.A.double() @ colsum[:, :, None])[..., 0] / N, 0.0)
-        solution = ConstraintSolution(restore(P), l / N, values.float(), converged, iterations)
+        solution = ConstraintSolution(restore(P.to(device)), (l / N).to(device),
+                                      values.float().to(device), converged.to(device),
+                                      iterations.to(device))
 
     failed = int((~converged).sum())
     if failed:
@@ -185,50 +197,131 @@ def _to_class_by_pixel(scores: Tensor):
     raise NetError(f"scores must be (B, C, H, W) or (B, N, C), got shape {tuple(scores.shape)}")
 
 
+def _sequential_sum(x: Tensor, dim: int) -> Tensor:
+    """Sum in index order along ``dim``, rounding to float32 after every addition: the
+    loop of Eigen's scalar reductions. torch's sums are blocked or accumulate in double;
+    numpy's float32 adds and cumsum are exact IEEE steps (a short dim is added slice by
+    slice, a long one through cumsum)."""
+    a = x.numpy()
+    if a.shape[dim] <= 64:
+        slices = np.moveaxis(a, dim, 0)
+        total = np.array(slices[0])       # a copy; 0-d stays an array
+        for term in slices[1:]:
+            total += term
+        return torch.from_numpy(total)
+    total = np.cumsum(a, axis=dim, dtype=np.float32).take(-1, axis=dim)
+    return torch.from_numpy(np.array(total))     # a copy: contiguous, 0-d stays 0-d
+
+
+def _packet_sum(x: Tensor) -> Tensor:
+    """Eigen's vectorised sum (SSE, 4 float lanes) of a contiguous vector, over the last
+    dim: two packet accumulators stepping by 8, added lane-wise, one more packet if one
+    fits, the lanes folded as (0+2)+(1+3), then the remaining elements in order."""
+    n = x.shape[-1]
+    n4, n8 = n // 4 * 4, n // 8 * 8
+    if n4 == 0:
+        return _sequential_sum(x, -1)
+    if n4 == 4:
+        packet = x[..., :4]
+    else:
+        lanes = _sequential_sum(x[..., :n8].reshape(*x.shape[:-1], n8 // 8, 8), -2)
+        packet = lanes[..., :4] + lanes[..., 4:]
+        if n4 > n8:
+            packet = packet + x[..., n8:n4]
+    folded = (packet[..., 0] + packet[..., 2]) + (packet[..., 1] + packet[..., 3])
+    return _sequential_sum(torch.cat([folded[..., None], x[..., n4:]], -1), -1)
+
+
+def _row_sums(e: Tensor, kept: Tensor) -> Tensor:
+    """Per pixel, the sum over the kept classes of ``e`` (B, C, N; zero elsewhere) as
+    Eigen's ``rowwise().sum()`` of CCNN's row-major N x pM matrix of kept classes adds
+    it: a row that holds a 16-byte aligned packet is summed packet-wise from its first
+    aligned element (row i starts at float i*pM), then its head and tail in order; a
+    row without one, in order."""
+    B, C, N = e.shape
+    pm = kept.sum(1)
+    if int(pm.max()) < 4:
+        return _sequential_sum(e, 1)
+    order = torch.argsort((~kept).to(torch.int8), dim=1, stable=True)
+    x = torch.gather(e, 1, order[:, :, None].expand(B, C, N)).transpose(1, 2)  # (B, N, C)
+    i = torch.arange(N)
+    head = ((4 - (i[None, :] * pm[:, None]) % 4) % 4).minimum(pm[:, None])[..., None]
+    body = (pm[:, None, None] - head) // 4 * 4
+    body8 = (pm[:, None, None] - head) // 8 * 8
+    j = torch.arange(C)
+    width = -(-C // 8) * 8
+    shifted = torch.gather(x, 2, (head + torch.arange(width)).clamp(max=C - 1))
+    t = torch.arange(width)
+    lanes = _sequential_sum(torch.where(t < body8, shifted, 0.0)
+                            .reshape(B, N, width // 8, 8), 2)
+    last = torch.gather(shifted, 2, (body8 + torch.arange(4)).clamp(max=width - 1))
+    packet = (lanes[..., :4] + lanes[..., 4:]) + torch.where(body > body8, last, 0.0)
+    folded = (packet[..., 0] + packet[..., 2]) + (packet[..., 1] + packet[..., 3])
+    rest = torch.cat([folded[..., None], torch.where(j < head, x, 0.0),
+                      torch.where(j >= head + body, x, 0.0)], 2)
+    return _sequential_sum(rest, 2)
+
+
+def _column_sums(P: Tensor, kept: Tensor) -> Tensor:
+    """Per class, the sum over pixels of ``P`` (B, C, N) as Eigen's ``colwise().sum()``
+    of CCNN's row-major N x pM matrix adds it: the first 4*(pM//4) kept classes a packet
+    of 4 at a time (pixel 0, then ((1+2)+(3+4)), ((5+6)+(7+8)), ..., then the rest in
+    order), the others pixel by pixel in order."""
+    B, C, N = P.shape
+    sums = _sequential_sum(P, 2)
+    rank = kept.cumsum(1) - 1
+    packed = kept & (rank < kept.sum(1, keepdim=True) // 4 * 4)
+    if bool(packed.any()):
+        size4 = (N - 1) & ~3
+        q = P[..., 1:1 + size4].reshape(B, C, size4 // 4, 4)
+        groups = (q[..., 0] + q[..., 1]) + (q[..., 2] + q[..., 3])
+        sums = torch.where(packed, _sequential_sum(
+            torch.cat([P[..., :1], groups, P[..., 1 + size4:]], 2), 2), sums)
+    return sums
+
+
 def _class_bias(l: Tensor, A: Tensor) -> Tensor:
-    """l^T A per image, (B, C) float32. Summed in float64 (the products are exact)
-    so that padding rows or changing the batch cannot change a single bit."""
-    return (l.double()[:, :, None] * A.double()).sum(1).float()
+    """l^T A per image, (B, C): Eigen's gemv adds the float32 products row by row."""
+    return _sequential_sum(l[:, :, None] * A, 1)
 
 
-def _logits(f: Tensor, bias: Tensor, s: float) -> Tensor:
-    return (f + bias[:, :, None]) * s
+def _exp(x: Tensor) -> Tensor:
+    """float32 exp rounded from float64, as glibc's expf nearly always is (torch's float32
+    exp differs from it in about 1% of the last bits)."""
+    return torch.from_numpy(np.exp(x.numpy().astype(np.float64)).astype(np.float32))
 
 
-def _shifted_exp(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """exp(z - max_c z) over classes (dim 1), with the shift d = z - max and the max."""
+def _log(x: Tensor) -> Tensor:
+    """float32 log rounded from float64, as glibc's logf nearly always is."""
+    return torch.from_numpy(np.log(x.numpy().astype(np.float64)).astype(np.float32))
+
+
+def _shifted_exp(f: Tensor, l: Tensor, A: Tensor, s: float) -> tuple[Tensor, Tensor]:
+    """exp(z - max_c z) for CCNN's logits z = s*(f + l^T A), and the max."""
+    z = (f + _class_bias(l, A)[:, :, None]) * s
     mx = z.amax(1, keepdim=True)
-    d = z - mx
-    # Terms with d below EXP_FLOOR are < 2e-38 next to the max term 1: clamping them
-    # changes neither the objective nor the gradient in float32 (removed classes have
-    # zero columns in A) and avoids the CPU exp's ~40x slower underflow path.
-    # exp2 and log1p (in _dual) rather than exp and log: on CPU the latter go through
-    # MKL VML, whose own threading stalls each of the solver's many small calls for
-    # milliseconds when the cores are busy (data loaders, other jobs).
-    return torch.exp2(d.clamp(min=EXP_FLOOR) * LOG2E), d, mx
+    return _exp(z - mx), mx
 
 
-def _dual(f: Tensor, l: Tensor, A: Tensor, b: Tensor, s: float) -> tuple[Tensor, Tensor]:
-    """CCNN's ``fun``: dual objective N*D(l) (float32) and its gradient A sum_i p_i - b."""
-    e, _, mx = _shifted_exp(_logits(f, _class_bias(l, A), s))
-    Z = e.sum(1, keepdim=True)
-    lse_sum = (mx + torch.log1p(Z - 1.0)).sum((1, 2))      # Z >= 1, so Z - 1 is exact
-    lb = (l.double() * b.double()).sum(1).float()          # a float32 dot in CCNN
+def _dual(f: Tensor, l: Tensor, A: Tensor, b: Tensor, active: Tensor, kept: Tensor,
+          s: float) -> tuple[Tensor, Tensor]:
+    """CCNN's ``fun``: dual objective N*D(l) (float32) and its gradient A sum_i p_i - b,
+    with the roundings and the summation order of CCNN's Eigen expressions. Near the
+    optimum the gradient is a small difference of pixel sums, and the steps it proposes
+    decide which trial the float32 objective accepts last, so every order matters."""
+    e, mx = _shifted_exp(f, l, A, s)
+    lse = mx[:, 0] + _log(_sequential_sum(e, 1))
+    total = _packet_sum(lse)
+    lb = torch.stack([_packet_sum((l[j] * b[j])[active[j]]) for j in range(l.shape[0])])
     # CCNN: 1.0/scale_ * sum - l.dot(b) is evaluated in double, then returned as float.
-    objective = ((1.0 / s) * lse_sum.double() - lb.double()).float()
-    colsum = (e / Z).sum(2)
-    gradient = (A.double() @ colsum.double()[:, :, None])[..., 0].float() - b
+    objective = ((1.0 / s) * total.double() - lb.double()).float()
+    colsum = _column_sums(e / _row_sums(e, kept)[:, None], kept)
+    gradient = _sequential_sum(A * colsum[:, None, :], 2) - b
     return objective, gradient
 
 
-def _softmax(z: Tensor) -> Tensor:
-    """softmax over classes with exact zeros where exp underflows (removed classes)."""
-    e, d, _ = _shifted_exp(z)
-    e = e.masked_fill(d < EXP_FLOOR, 0.0)
-    return e / e.sum(1, keepdim=True)
-
-
-def _projected_gradient_descent(f: Tensor, A: Tensor, b: Tensor, cap: Tensor, s: float,
+def _projected_gradient_descent(f: Tensor, A: Tensor, b: Tensor, cap: Tensor, active: Tensor,
+                                kept: Tensor, s: float,
                                 solve: Tensor) -> tuple[Tensor, Tensor]:
     """CCNN's ``pgd`` for every image with ``solve`` set, in lockstep.
 
@@ -246,7 +339,7 @@ def _projected_gradient_descent(f: Tensor, A: Tensor, b: Tensor, cap: Tensor, s:
 
     idx = solve.nonzero()[:, 0]
     if idx.numel():
-        prev[idx], g[idx] = _dual(f[idx], l[idx], A[idx], b[idx], s)
+        prev[idx], g[idx] = _dual(f[idx], l[idx], A[idx], b[idx], active[idx], kept[idx], s)
     work_size = -1
     while True:
         running = solve & (k <= MAX_ITER) & (alpha > ALPHA_MIN)
@@ -256,9 +349,10 @@ def _projected_gradient_descent(f: Tensor, A: Tensor, b: Tensor, cap: Tensor, s:
         if idx.numel() != work_size:       # images only ever leave: re-gather when one does
             work_size = idx.numel()
             fw, Aw, bw, capw = f[idx], A[idx], b[idx], cap[idx]
+            activew, keptw = active[idx], kept[idx]
         step = alpha[idx].float()[:, None] * g[idx]
         x = torch.minimum((l[idx] - step).clamp(min=0.0), capw)
-        fx, gx = _dual(fw, x, Aw, bw, s)
+        fx, gx = _dual(fw, x, Aw, bw, activew, keptw, s)
         accept = fx < prev[idx]
         l[idx] = torch.where(accept[:, None], x, l[idx])
         g[idx] = torch.where(accept[:, None], gx, g[idx])

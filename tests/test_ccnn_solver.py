@@ -43,6 +43,10 @@ with h5py.File(FIXTURE, "r") as _h5:
     NAMES = list(_h5["problems"])
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 BINDING_RESIDUAL = {1.0: 3e-4, 1000.0: 6e-4}
+# A few float32 ulps of a probability: what differs when a glibc expf/logf result is
+# not the correctly rounded one our float64-rounded exp/log give.
+CCNN_ARITHMETIC_ATOL = 3e-7
+CLASS_FIXTURE = FIXTURE.parent / "weakloss_fg_lower_binds.npz"
 # The constraint sets WeakLoss builds, by the reference set's `weakloss_style`.
 WEAKLOSS_STYLE = {1: {}, 3: {},
                   2: dict(fg_lower=0.1, fg_slack=HARD, bg_lower=0.2, bg_slack=HARD, bg_upper=0.7)}
@@ -92,6 +96,9 @@ def test_matches_ccnn(name, device):
     P = sol.P[0].reshape(C, N).T.double().cpu().numpy()
     assert bool(sol.converged[0])
     np.testing.assert_allclose(P, pb["P"], rtol=0, atol=atol)
+    # CCNN's float32 arithmetic in CCNN's order: the same accepted steps, so P agrees
+    # up to the last bits where glibc's expf/logf are not correctly rounded.
+    np.testing.assert_allclose(P, pb["P"], rtol=0, atol=CCNN_ARITHMETIC_ATOL)
     assert np.all(P[:, pb["zero_constraint"] > 0] == 0)
     np.testing.assert_allclose(P.sum(1), 1, rtol=0, atol=1e-6)
 
@@ -99,13 +106,7 @@ def test_matches_ccnn(name, device):
         assert int(sol.iterations[0]) == 0 and pb["ccnn_pgd_iterations"] == -1
         assert torch.all(sol.multipliers == 0)
     else:
-        it, it_ccnn = int(sol.iterations[0]), int(pb["ccnn_pgd_iterations"])
-        if np.all(np.isin(pb["ccnn_constraint_status"], (0, 2))):
-            # nothing binds: the trajectory is fixed by the step-size constants alone
-            assert it == it_ccnn
-        else:
-            # float32 noise decides the last few accepted steps, in CCNN as here
-            assert abs(it - it_ccnn) <= 0.1 * it_ccnn
+        assert int(sol.iterations[0]) == int(pb["ccnn_pgd_iterations"])
 
     lam = sol.multipliers[0].double().cpu().numpy()
     status = pb["ccnn_constraint_status"]
@@ -328,3 +329,52 @@ def test_bad_input_raises_net_error():
         size_constraints(torch.ones(1, 3, dtype=torch.bool), 0.1, 0.9, lower_slack=-1.0)
     with pytest.raises(NetError, match="shape"):
         ConstraintSet(cs.A, cs.b[:, :2], cs.slack, cs.active, cs.absent)
+
+
+def test_matches_ccnn_where_a_rare_class_lower_bound_binds():
+    """WeakLoss defaults, N = 120, C = 9, three present classes, a rare one whose lower
+    bound 0.05 binds below its cap 2 (answers from a rebuild of CCNN's solver that
+    reproduces problems.h5 bit for bit; see PROVENANCE.md). CCNN's stopping point there
+    is set by float32 rounding of its pixel sums, 5e-4 to 2e-3 away from the exact
+    multiplier: only CCNN's own arithmetic order lands on it."""
+    data = np.load(CLASS_FIXTURE)
+    seeds = data["seeds"]
+    assert len(seeds) >= 10
+    for seed in seeds:
+        f, present = data[f"s{seed}_f"], data[f"s{seed}_present"] > 0
+        N, C = f.shape
+        cs = weakloss_constraints(torch.from_numpy(present)[None])
+        rows = cs.active[0]
+        assert int(rows.sum()) == 4
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConstraintSolverWarning)
+            sol = solve_constrained_softmax(torch.from_numpy(f)[None], cs)
+        np.testing.assert_allclose(sol.P[0].numpy(), data[f"s{seed}_P"], rtol=0,
+                                   atol=CCNN_ARITHMETIC_ATOL, err_msg=f"seed {seed}")
+        assert int(sol.iterations[0]) == int(data[f"s{seed}_iterations"]), f"seed {seed}"
+        lam = sol.multipliers[0][rows].double().numpy()
+        lam_ccnn = data[f"s{seed}_dual_l"].astype(np.float64) / N
+        lam_exact = data[f"s{seed}_lambda_ref64"]
+        binding = (lam_exact > 0) & (lam_exact < cs.slack[0][rows].numpy())
+        assert binding.sum() == 1 and cs.A[0][rows][binding][0, 1:].max() == 1
+        np.testing.assert_allclose(lam, lam_ccnn, rtol=1e-6, atol=0, err_msg=f"seed {seed}")
+        assert np.all(np.abs(lam - lam_exact) <= 2 * np.abs(lam_ccnn - lam_exact) + 1e-6)
+
+
+@pytest.mark.parametrize("C, present", [(9, [0, 2, 3, 5, 7]), (19, list(range(0, 19, 2)))])
+def test_row_and_column_sums_follow_eigens_packets(C, present):
+    """With >= 4 classes kept CCNN's Eigen sums run packet-wise; a batch mixing the
+    layouts gives each image the answer it gets alone (the per-row alignment and the
+    compaction of kept classes are per image)."""
+    rng = np.random.RandomState(C)
+    f = torch.from_numpy(rng.randn(2, C, 7, 9).astype(np.float32))
+    labels = torch.zeros(2, C, dtype=torch.bool)
+    labels[0, present] = True
+    labels[1, :3] = True
+    cs = weakloss_constraints(labels)
+    together = solve_quietly(f, cs, 1.0)
+    for j in range(2):
+        alone = solve_quietly(f[j:j + 1], ConstraintSet(cs.A[j:j + 1], cs.b[j:j + 1],
+                              cs.slack[j:j + 1], cs.active[j:j + 1], cs.absent[j:j + 1]), 1.0)
+        assert torch.equal(together.P[j], alone.P[0])
+        assert torch.equal(together.iterations[j], alone.iterations[0])
