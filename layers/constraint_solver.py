@@ -367,11 +367,12 @@ class _Dual:
     def row_sums(self, e: np.ndarray) -> np.ndarray:
         """Per pixel, the sum over the kept classes, (B, 4, Q): Eigen's ``rowwise().sum()``
         of CCNN's row-major N x pM matrix of kept classes, row i at float i*pM."""
+        # mode='clip' (the rows are in range) spares take's buffered bounds check
         np.take(e.reshape(-1, e.shape[-1]), self.rows, axis=0,
-                out=self.slots.reshape(len(self.rows), -1))
+                out=self.slots.reshape(len(self.rows), -1), mode="clip")
         return _eigen_tree(self.slots, self.row_blocks)
 
-    def value_and_gradient(self, l: Tensor) -> tuple[Tensor, Tensor]:
+    def value_and_gradient(self, l: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """CCNN's ``fun``: dual objective N*D(l) (float32) and its gradient
         A sum_i p_i - b, with the roundings and the summation order of CCNN's Eigen
         expressions. Near the optimum the gradient is a small difference of pixel sums,
@@ -379,7 +380,6 @@ class _Dual:
         last, so every order matters."""
         N = self.n
         P1, B, _, Q = self.e.shape
-        l = l.numpy()
         e, mx = self.shifted_exp(l)
         lse = mx.numpy() + _log(_sequential_sum(e))
         total = _packet_sum(lse.transpose(0, 2, 1).reshape(B, 4 * Q)[:, :N])
@@ -388,11 +388,10 @@ class _Dual:
         # CCNN: 1.0/scale_ * sum - l.dot(b) is evaluated in double, then returned as float.
         objective = ((1.0 / self.s) * total.astype(np.float64)
                      - lb.astype(np.float64)).astype(np.float32)
-        np.divide(e.transpose(3, 2, 0, 1), self.row_sums(e).transpose(2, 1, 0)[:, :, None],
-                  out=self.pixel_major)
+        np.copyto(self.pixel_major, (e / self.row_sums(e)).transpose(3, 2, 0, 1))
         colsum = self.column_sums(self.pixel_major.reshape(4 * Q, P1, B)[:N])
         gradient = _sequential_sum(self.A.transpose(1, 0, 2) * colsum[:, None]).T - self.b
-        return torch.from_numpy(objective), torch.from_numpy(np.ascontiguousarray(gradient))
+        return objective, gradient
 
     def column_sums(self, P: np.ndarray) -> np.ndarray:
         """Per class, the sum over pixels of ``P`` (N, P + 1, B) as Eigen's
@@ -418,37 +417,36 @@ def _projected_gradient_descent(dual: _Dual, cap: Tensor,
     Returns the multipliers l (B, K) in CCNN's units and the loop counter k
     (0 where no solve ran)."""
     B, K = dual.b.shape
-    l = torch.zeros(B, K)
-    g = torch.zeros(B, K)
-    prev = torch.zeros(B)
+    cap, solve = cap.numpy(), solve.numpy()
+    l = np.zeros((B, K), np.float32)
+    g = np.zeros((B, K), np.float32)
+    prev = np.zeros(B, np.float32)
     # Step sizes are float32 in CCNN; kept as float64 holding float32 values so that
     # `alpha *= 1.1` rounds once, like the C++ float*double product.
-    alpha = torch.full((B,), ALPHA_START, dtype=torch.float64)
-    k = torch.where(solve, 1, 0).to(torch.int64)
+    alpha = np.full(B, ALPHA_START)
+    k = solve.astype(np.int64)
 
-    idx = solve.nonzero()[:, 0]
-    if idx.numel():
-        prev[idx], g[idx] = dual.take(idx.numpy()).value_and_gradient(l[idx])
+    idx = np.flatnonzero(solve)
+    if idx.size:
+        prev[idx], g[idx] = dual.take(idx).value_and_gradient(l[idx])
     work_size = -1
     while True:
-        running = solve & (k <= MAX_ITER) & (alpha > ALPHA_MIN)
-        idx = running.nonzero()[:, 0]
-        if idx.numel() == 0:
+        idx = np.flatnonzero(solve & (k <= MAX_ITER) & (alpha > ALPHA_MIN))
+        if idx.size == 0:
             break
-        if idx.numel() != work_size:       # images only ever leave: re-gather when one does
-            work_size = idx.numel()
-            work, capw = dual.take(idx.numpy()), cap[idx]
-        step = alpha[idx].float()[:, None] * g[idx]
-        x = torch.minimum((l[idx] - step).clamp(min=0.0), capw)
+        if idx.size != work_size:          # images only ever leave: re-gather when one does
+            work_size = idx.size
+            work, capw = dual.take(idx), cap[idx]
+        step = alpha[idx].astype(np.float32)[:, None] * g[idx]
+        x = np.minimum(np.maximum(l[idx] - step, np.float32(0.0)), capw)
         fx, gx = work.value_and_gradient(x)
         accept = fx < prev[idx]
-        l[idx] = torch.where(accept[:, None], x, l[idx])
-        g[idx] = torch.where(accept[:, None], gx, g[idx])
-        prev[idx] = torch.where(accept, fx, prev[idx])
-        alpha[idx] = torch.where(accept, (alpha[idx] * ALPHA_GROW).float().double(),
-                                 alpha[idx] * ALPHA_SHRINK)
+        taken = idx[accept]
+        l[taken], g[taken], prev[taken] = x[accept], gx[accept], fx[accept]
+        alpha[idx] = np.where(accept, (alpha[idx] * ALPHA_GROW).astype(np.float32),
+                              alpha[idx] * ALPHA_SHRINK)
         k[idx] += 1
-    return l, k
+    return torch.from_numpy(l), torch.from_numpy(k)
 
 
 def weakloss_constraints(labels: Tensor, *, fg_lower: float = 0.05, fg_slack: float = 2.0,
