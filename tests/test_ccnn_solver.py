@@ -29,6 +29,7 @@ import torch
 from fcnwild.base.errors import NetError
 from fcnwild.layers.constraint_solver import (
     HARD,
+    REMOVED_LOGIT,
     ConstraintSet,
     ConstraintSolverWarning,
     predicted_present,
@@ -37,6 +38,7 @@ from fcnwild.layers.constraint_solver import (
     weakloss_constraints,
     weakloss_loss_and_grad,
 )
+from fcnwild.layers.constraint_solver import _Dual, _sequential_sum
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ccnn_reference" / "problems.h5"
 with h5py.File(FIXTURE, "r") as _h5:
@@ -378,3 +380,69 @@ def test_row_and_column_sums_follow_eigens_packets(C, present):
                               cs.slack[j:j + 1], cs.active[j:j + 1], cs.absent[j:j + 1]), 1.0)
         assert torch.equal(together.P[j], alone.P[0])
         assert torch.equal(together.iterations[j], alone.iterations[0])
+
+
+def sequential_reference(a: np.ndarray) -> np.ndarray:
+    """float32 sum over axis 0, one rounded addition after another."""
+    total = np.array(a[0], np.float32)
+    for term in a[1:]:
+        total = (total + term).astype(np.float32)
+    return total
+
+
+@pytest.mark.parametrize("shape", [(3000, 1), (3000, 2), (9, 1), (500, 8), (130, 3, 1),
+                                   (70, 2, 5), (1, 4), (2000,)])
+def test_sequential_sum_adds_in_index_order(shape):
+    """The pixel and class sums must round after every addition in index order
+    (Eigen's scalar loop); numpy's pairwise summation of a contiguous axis would not."""
+    rng = np.random.RandomState(len(shape) * 1000 + shape[0])
+    a = (rng.rand(*shape) * 10.0 ** rng.randint(-4, 5, shape)).astype(np.float32)
+    assert np.array_equal(_sequential_sum(a), sequential_reference(a))
+
+
+def eigen_redux(x: np.ndarray, offset: int) -> np.float32:
+    """Eigen 3.4's vectorised sum (Redux.h, LinearVectorizedTraversal, SSE) of the floats
+    ``x`` stored from float ``offset`` of a 16-byte aligned buffer, written out scalar by
+    scalar."""
+    size = len(x)
+    start = min((4 - offset % 4) % 4, size)
+    size2 = (size - start) // 8 * 8
+    size1 = (size - start) // 4 * 4
+    if size1 == 0:
+        res = x[0]
+        for v in x[1:]:
+            res = np.float32(res + v)
+        return res
+    p0 = x[start:start + 4].copy()
+    if size1 > 4:
+        p1 = x[start + 4:start + 8].copy()
+        for index in range(start + 8, start + size2, 8):
+            p0, p1 = p0 + x[index:index + 4], p1 + x[index + 4:index + 8]
+        p0 = p0 + p1
+        if size1 > size2:
+            p0 = p0 + x[start + size2:start + size2 + 4]
+    res = np.float32(np.float32(p0[0] + p0[2]) + np.float32(p0[1] + p0[3]))
+    for v in list(x[:start]) + list(x[start + size1:]):
+        res = np.float32(res + v)
+    return res
+
+
+@pytest.mark.parametrize("C", [2, 3, 4, 5, 8, 11, 12, 19, 21])
+def test_per_pixel_class_sums_are_eigens_rowwise_sums(C):
+    """The softmax denominators: per pixel i, the kept classes' exponentials summed as
+    Eigen sums row i of CCNN's row-major N x pM matrix (row i at float i*pM)."""
+    rng = np.random.RandomState(C)
+    B, N = 3, 13
+    f = torch.from_numpy(rng.randn(B, C, N).astype(np.float32) * 3)
+    kept = torch.from_numpy(rng.rand(B, C) < 0.7)
+    kept[0] = True
+    f = f.masked_fill(~kept[:, :, None], REMOVED_LOGIT)
+    A = torch.zeros(B, 1, C)
+    dual = _Dual.build(f, A, torch.zeros(B, 1), torch.ones(B, 1, dtype=torch.bool), kept, 1.0)
+    e, _ = dual.shifted_exp(np.zeros((B, 1), np.float32))
+    sums = dual.row_sums(e).transpose(0, 2, 1).reshape(B, -1)[:, :N]
+    for j in range(B):
+        pm = int(kept[j].sum())
+        compact = e[:pm, j].transpose(0, 2, 1).reshape(pm, -1)[:, :N]
+        for i in range(N):
+            assert sums[j, i] == eigen_redux(compact[:, i], i * pm), (j, i)
