@@ -206,7 +206,7 @@ def _sequential_sum(a: np.ndarray) -> np.ndarray:
     C-contiguous 2-D float32 array adds it row after row, each row as one vector add
     (its pairwise summation is only for a reduced axis that is the innermost loop,
     which a second column rules out); torch's sums are blocked or accumulate in double."""
-    rows = np.ascontiguousarray(a).reshape(a.shape[0], -1)
+    rows = np.ascontiguousarray(a).reshape(a.shape[0], int(np.prod(a.shape[1:])))
     width = rows.shape[1]
     if width < 2:
         rows = np.concatenate([rows, np.zeros((rows.shape[0], 2 - width), rows.dtype)], 1)
@@ -347,7 +347,7 @@ class _Dual:
                      self.row_order[:, idx], self.row_blocks, self.packed[:, idx],
                      self.single, self.dot_order[idx], self.dot_blocks)
 
-    def shifted_exp(self, l: np.ndarray) -> tuple[np.ndarray, Tensor]:
+    def shifted_exp(self, l: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """exp(z - max_c z) for CCNN's logits z = s*(f + l^T A), (P + 1, B, 4, Q), and
         the max, (B, 4, Q). l^T A is Eigen's gemv: the float32 products added row by row.
         exp is float32 rounded from float64, as glibc's expf nearly always is (torch's
@@ -362,7 +362,7 @@ class _Dual:
         # -1e10 off exp's slow underflow path
         z.sub_(mx).clamp_(min=EXP_ZERO)
         torch.exp(self.wide.copy_(z), out=torch.from_numpy(self.e[:P]))
-        return self.e, mx
+        return self.e, mx.numpy()
 
     def row_sums(self, e: np.ndarray) -> np.ndarray:
         """Per pixel, the sum over the kept classes, (B, 4, Q): Eigen's ``rowwise().sum()``
@@ -381,7 +381,7 @@ class _Dual:
         N = self.n
         P1, B, _, Q = self.e.shape
         e, mx = self.shifted_exp(l)
-        lse = mx.numpy() + _log(_sequential_sum(e))
+        lse = mx + _log(_sequential_sum(e))
         total = _packet_sum(lse.transpose(0, 2, 1).reshape(B, 4 * Q)[:, :N])
         products = np.concatenate([l * self.b, np.full((B, 1), -0.0, np.float32)], 1)
         lb = _eigen_tree(np.take_along_axis(products, self.dot_order, 1).T, self.dot_blocks)
