@@ -446,3 +446,17 @@ def test_per_pixel_class_sums_are_eigens_rowwise_sums(C):
         compact = e[:pm, j].transpose(0, 2, 1).reshape(pm, -1)[:, :N]
         for i in range(N):
             assert sums[j, i] == eigen_redux(compact[:, i], i * pm), (j, i)
+
+
+def test_no_constraint_rows_is_the_plain_softmax():
+    """Without rows the dual never decreases: every trial step is refused, alpha halves
+    from 1e5 until it is below 1e-8 (44 halvings), and P is the softmax of the kept
+    classes."""
+    scores = torch.randn(2, 4, 3, 5)
+    absent = torch.tensor([[False, False, True, False], [False, True, False, False]])
+    cs = ConstraintSet(torch.zeros(2, 0, 4), torch.zeros(2, 0), torch.zeros(2, 0),
+                       torch.zeros(2, 0, dtype=torch.bool), absent)
+    sol = solve_constrained_softmax(scores, cs)
+    assert sol.iterations.tolist() == [45, 45] and bool(sol.converged.all())
+    expected = torch.softmax(scores.masked_fill(absent[:, :, None, None], -float("inf")), 1)
+    torch.testing.assert_close(sol.P, expected, rtol=0, atol=1e-6)
