@@ -22,11 +22,15 @@ This is a port of CCNN's ``ConstraintSoftmax::computeLog`` and ``pgd``
 projected gradient descent on ``N*D(l)`` in ``l = N*lambda`` from ``l = 0`` with
 step ``alpha = 1e5``; a step is taken only if the float32 dual objective strictly
 decreases (then ``alpha *= 1.1``, else ``alpha *= 0.5``); the loop runs while
-``k <= 3000`` and ``alpha > 1e-8``, and has converged iff ``k < 3000``. Because the
-stop comes from float32 resolution, the objective, the gradient, the step, the step
-size and the projection are float32 with CCNN's roundings; exp, log and the order of
-the pixel sums are torch's, so the stopping point matches CCNN's up to float32 noise
-(a few iterations), not bit for bit. All images of a batch run in lockstep, each with
+``k <= 3000`` and ``alpha > 1e-8``, and has converged iff ``k < 3000``. The stop
+comes from float32 resolution: near the optimum the gradient is a small difference of
+float32 pixel sums and the objective a float32 sum of N log-sum-exps, so the rounding
+of those sums decides which trial step is accepted last. The solve therefore does
+CCNN's float32 arithmetic in CCNN's order (that of its Eigen 3.4 SSE expressions:
+class-by-class and pixel-by-pixel sums, packet-wise where Eigen vectorises them) with
+exp and log correctly rounded, as glibc's nearly always are; it then lands where CCNN
+does, bit for bit except where glibc's last bit differs. All images of a batch run in
+lockstep, each with
 its own step size; an image whose loop has ended is frozen and leaves the working
 set, so batching changes no bit of any image's answer.
 """
@@ -36,6 +40,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -44,10 +49,9 @@ from fcnwild.base.errors import NetError
 HARD = 1e10                 # CCNN's default slack: the multiplier cap never binds
 REMOVED_LOGIT = -1e10       # what computeLog writes into zero-constrained classes
 MAX_ITER = 3000
-EXP_FLOOR = -87.0                # exp(-87) = 1.6e-38, just above float32's smallest normal
-LOG2E = 1.4426950408889634       # exp(x) = exp2(x * log2(e))
 ALPHA_START, ALPHA_MIN = 1e5, 1e-8
 ALPHA_GROW, ALPHA_SHRINK = 1.1, 0.5
+EXP_ZERO = -105.0           # exp(-105) = 2.5e-46 rounds to 0 in float32 (below 2**-150)
 # Default multiplier cap of a lower bound: CCNN WeakLoss's fg_slack, i.e. a class's
 # logit may be raised by at most 2 to meet its lower bound.
 DEFAULT_LOWER_SLACK = 2.0
@@ -146,7 +150,11 @@ def solve_constrained_softmax(scores: Tensor, constraints: ConstraintSet,
             raise NetError(f"constraints for {constraints.A.shape[0]} images x "
                            f"{constraints.num_classes} classes do not fit scores of shape "
                            f"{tuple(scores.shape)} ({B} images x {C} classes)")
-        cs = constraints.to(f.device)
+        # CCNN's answer is fixed by the order of its CPU float32 sums, which the solve
+        # reproduces with numpy; it runs on the CPU whatever the scores' device.
+        device = f.device
+        f = f.cpu()
+        cs = constraints.to("cpu")
         s = float(torch.tensor(scale, dtype=torch.float32))   # CCNN keeps scale_ as float
         f = f.masked_fill(cs.absent[:, :, None], REMOVED_LOGIT)
         kept = cs.active[:, :, None] & ~cs.absent[:, None, :]
@@ -156,13 +164,20 @@ def solve_constrained_softmax(scores: Tensor, constraints: ConstraintSet,
         cap = torch.where(cs.active, cs.slack * N, 0.0)
         solve = (~cs.absent).sum(1) > 1
 
-        l, iterations = _projected_gradient_descent(f, A, b, cap, s, solve)
+        l, iterations = _projected_gradient_descent(
+            _Dual.build(f, A, b, cs.active, ~cs.absent, s), cap, solve)
         converged = ~solve | (iterations < MAX_ITER)
 
-        P = _softmax(_logits(f, _class_bias(l, A), s))
+        # compute(f): the softmax over all C columns, removed ones at exp(-1e10) = 0
+        every = _Dual.build(f, A, b, cs.active, torch.ones_like(cs.absent), s)
+        e, _ = every.shifted_exp(l.numpy())
+        P = (e[:C] / every.row_sums(e)).transpose(1, 0, 3, 2).reshape(B, C, -1)[:, :, :N]
+        P = torch.from_numpy(np.ascontiguousarray(P))
         colsum = P.double().sum(2)
         values = torch.where(cs.active, (cs.A.double() @ colsum[:, :, None])[..., 0] / N, 0.0)
-        solution = ConstraintSolution(restore(P), l / N, values.float(), converged, iterations)
+        solution = ConstraintSolution(restore(P.to(device)), (l / N).to(device),
+                                      values.float().to(device), converged.to(device),
+                                      iterations.to(device))
 
     failed = int((~converged).sum())
     if failed:
@@ -185,88 +200,253 @@ def _to_class_by_pixel(scores: Tensor):
     raise NetError(f"scores must be (B, C, H, W) or (B, N, C), got shape {tuple(scores.shape)}")
 
 
-def _class_bias(l: Tensor, A: Tensor) -> Tensor:
-    """l^T A per image, (B, C) float32. Summed in float64 (the products are exact)
-    so that padding rows or changing the batch cannot change a single bit."""
-    return (l.double()[:, :, None] * A.double()).sum(1).float()
+def _sequential_sum(a: np.ndarray) -> np.ndarray:
+    """Sum over axis 0 in index order, rounding to float32 after every addition: the
+    loop of Eigen's scalar reductions. numpy's add.reduce over the first axis of a
+    C-contiguous 2-D float32 array adds it row after row, each row as one vector add
+    (its pairwise summation is only for a reduced axis that is the innermost loop,
+    which a second column rules out); torch's sums are blocked or accumulate in double."""
+    rows = np.ascontiguousarray(a).reshape(a.shape[0], int(np.prod(a.shape[1:])))
+    width = rows.shape[1]
+    if width < 2:
+        rows = np.concatenate([rows, np.zeros((rows.shape[0], 2 - width), rows.dtype)], 1)
+    return np.add.reduce(rows, axis=0)[:width].reshape(a.shape[1:])
 
 
-def _logits(f: Tensor, bias: Tensor, s: float) -> Tensor:
-    return (f + bias[:, :, None]) * s
+def _packet_sum(x: np.ndarray) -> np.ndarray:
+    """Eigen's vectorised sum (SSE, 4 float lanes) of a contiguous vector, per row of
+    ``x`` (B, n): two packet accumulators stepping by 8, added lane-wise, one more packet
+    if one fits, the lanes folded as (0+2)+(1+3), then the remaining elements in order."""
+    B, n = x.shape
+    n4, n8 = n // 4 * 4, n // 8 * 8
+    if n4 == 0:
+        return _sequential_sum(x.T)
+    if n4 == 4:
+        packet = x[:, :4]
+    else:
+        lanes = _sequential_sum(x[:, :n8].reshape(B, n8 // 8, 8).transpose(1, 0, 2))
+        packet = lanes[:, :4] + lanes[:, 4:]
+        if n4 > n8:
+            packet = packet + x[:, n8:n4]
+    total = (packet[:, 0] + packet[:, 2]) + (packet[:, 1] + packet[:, 3])
+    for j in range(n4, n):
+        total = total + x[:, j]
+    return total
 
 
-def _shifted_exp(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """exp(z - max_c z) over classes (dim 1), with the shift d = z - max and the max."""
-    mx = z.amax(1, keepdim=True)
-    d = z - mx
-    # Terms with d below EXP_FLOOR are < 2e-38 next to the max term 1: clamping them
-    # changes neither the objective nor the gradient in float32 (removed classes have
-    # zero columns in A) and avoids the CPU exp's ~40x slower underflow path.
-    # exp2 and log1p (in _dual) rather than exp and log: on CPU the latter go through
-    # MKL VML, whose own threading stalls each of the solver's many small calls for
-    # milliseconds when the cores are busy (data loaders, other jobs).
-    return torch.exp2(d.clamp(min=EXP_FLOOR) * LOG2E), d, mx
+def _eigen_order(count: Tensor, start: Tensor, pad: int) -> tuple[np.ndarray, int]:
+    """Where Eigen's vectorised sum of ``count[j]`` contiguous floats, the first at float
+    offset ``start[j, r]``, takes each one: slots (S, B, R) of positions (``pad`` where
+    a slot is empty) for ``_eigen_tree``, and the number of 8-lane blocks. The sum
+    runs packet-wise from the first 16-byte aligned float (two accumulators stepping
+    by 8, then one more packet if one fits), folds the lanes, then adds the floats
+    before that point (at most 3) and after the last packet (at most 3) in order; with
+    no whole aligned packet it is a plain loop, which the same slots reproduce."""
+    count = count[:, None]
+    head = ((4 - start % 4) % 4).minimum(count)
+    body = (count - head) // 4 * 4
+    body8 = (count - head) // 8 * 8
+    blocks = int(body8.max()) // 8 if body8.numel() else 0
+    lane = torch.arange(8 * blocks)[:, None, None]
+    last = torch.arange(4)[:, None, None]
+    t = torch.arange(3)[:, None, None]
+    slots = [torch.where(lane < body8, head + lane, pad),
+             torch.where(body > body8, head + body8 + last, pad),
+             torch.where(t < head, t, pad),
+             torch.where(head + body + t < count, head + body + t, pad)]
+    return torch.cat(slots).numpy(), blocks
 
 
-def _dual(f: Tensor, l: Tensor, A: Tensor, b: Tensor, s: float) -> tuple[Tensor, Tensor]:
-    """CCNN's ``fun``: dual objective N*D(l) (float32) and its gradient A sum_i p_i - b."""
-    e, _, mx = _shifted_exp(_logits(f, _class_bias(l, A), s))
-    Z = e.sum(1, keepdim=True)
-    lse_sum = (mx + torch.log1p(Z - 1.0)).sum((1, 2))      # Z >= 1, so Z - 1 is exact
-    lb = (l.double() * b.double()).sum(1).float()          # a float32 dot in CCNN
-    # CCNN: 1.0/scale_ * sum - l.dot(b) is evaluated in double, then returned as float.
-    objective = ((1.0 / s) * lse_sum.double() - lb.double()).float()
-    colsum = (e / Z).sum(2)
-    gradient = (A.double() @ colsum.double()[:, :, None])[..., 0].float() - b
-    return objective, gradient
+def _eigen_tree(g: np.ndarray, blocks: int) -> np.ndarray:
+    """The sum over axis 0 of slots laid out by ``_eigen_order`` (empty slots hold an
+    additive identity), in Eigen's order."""
+    if blocks:
+        acc = g[0:8]
+        for k in range(1, blocks):
+            acc = acc + g[8 * k:8 * k + 8]
+        packet = (acc[:4] + acc[4:]) + g[8 * blocks:8 * blocks + 4]
+    else:
+        packet = g[:4]
+    total = (packet[0] + packet[2]) + (packet[1] + packet[3])
+    for slot in range(8 * blocks + 4, 8 * blocks + 10):
+        total = total + g[slot]
+    return total
 
 
-def _softmax(z: Tensor) -> Tensor:
-    """softmax over classes with exact zeros where exp underflows (removed classes)."""
-    e, d, _ = _shifted_exp(z)
-    e = e.masked_fill(d < EXP_FLOOR, 0.0)
-    return e / e.sum(1, keepdim=True)
+def _log(x: np.ndarray) -> np.ndarray:
+    """float32 log rounded from float64, as glibc's logf nearly always is."""
+    return np.log(x.astype(np.float64)).astype(np.float32)
 
 
-def _projected_gradient_descent(f: Tensor, A: Tensor, b: Tensor, cap: Tensor, s: float,
+class _Dual:
+    """CCNN's dual (``fun``) for a batch, with what fixes the order of its float32 sums
+    built once per solve (it depends only on the kept classes, the active rows and N).
+
+    Each image's kept classes come first, in class order, then padding classes at
+    REMOVED_LOGIT up to P; the exponentials get one more class, always 0, for the
+    sums' empty slots. Pixels are padded to 4Q and split by i mod 4, pixel 4q + r at
+    [r, q]: Eigen's per-pixel class sum depends on the pixel's row offset i*pM modulo
+    4, so each image and phase r sums its class rows in one order. Removed classes
+    only ever add exact zeros in CCNN's sums, so dropping them changes no bit. The
+    many small steps run on numpy arrays (cheaper calls than torch ops), the big
+    elementwise ones in torch, in buffers kept across iterations."""
+
+    def __init__(self, f: np.ndarray, A: np.ndarray, b: np.ndarray, s: float, n: int,
+                 row_order: np.ndarray, row_blocks: int, packed: np.ndarray, single: bool,
+                 dot_order: np.ndarray, dot_blocks: int):
+        self.f = f                    # (P, B, 4, Q) scores
+        self.A = A                    # (K, P + 1, B) constraint rows (over N), 0 on padding
+        self.b = b                    # (B, K)
+        self.s, self.n = s, n         # hardness, pixels N
+        self.row_order = row_order    # (S, B, 4) class slots of a pixel's sum, by phase
+        self.row_blocks = row_blocks
+        self.packed = packed          # (P + 1, B) classes whose pixel sum goes 4 at a time
+        self.single = single          # some kept class's pixel sum is a plain loop
+        self.dot_order = dot_order    # (B, S) active rows in the slots of l.b (K = empty)
+        self.dot_blocks = dot_blocks
+        P, B, _, Q = f.shape
+        S = row_order.shape[0]
+        self.rows = ((row_order * B + np.arange(B)[:, None]) * 4 + np.arange(4)).reshape(-1)
+        self.z = torch.empty(P, B, 4, Q)
+        self.wide = torch.empty(P, B, 4, Q, dtype=torch.float64)
+        self.e = np.zeros((P + 1, B, 4, Q), np.float32)
+        self.slots = np.empty((S, B, 4, Q), np.float32)
+        self.pixel_major = np.empty((Q, 4, P + 1, B), np.float32)
+
+    @classmethod
+    def build(cls, f: Tensor, A: Tensor, b: Tensor, active: Tensor, kept: Tensor,
+              s: float) -> _Dual:
+        B, C, N = f.shape
+        K = b.shape[1]
+        Q = -(-N // 4)
+        count = kept.sum(1)
+        P = int(count.max()) if B else 0
+        classes = torch.argsort((~kept).to(torch.int8), dim=1, stable=True)[:, :P]
+        real = torch.arange(P) < count[:, None]
+        fc = torch.full((P, B, 4 * Q), REMOVED_LOGIT)
+        fc[:, :, :N] = torch.where(real[:, :, None],
+                                   f.gather(1, classes[:, :, None].expand(B, P, N)),
+                                   REMOVED_LOGIT).transpose(0, 1)
+        fc = fc.view(P, B, Q, 4).transpose(2, 3).contiguous()
+        Ac = torch.zeros(K, P + 1, B)
+        Ac[:, :P] = torch.where(real[:, None, :],
+                                A.gather(2, classes[:, None, :].expand(B, K, P)),
+                                0.0).permute(1, 2, 0)
+        row_order, row_blocks = _eigen_order(count, torch.arange(4) * count[:, None], P)
+        position = torch.arange(P + 1)[:, None]
+        packed = position < (count // 4 * 4)[None, :]
+        rows = torch.cat([torch.argsort((~active).to(torch.int8), dim=1, stable=True),
+                          torch.full((B, 1), K)], 1)
+        dot, dot_blocks = _eigen_order(active.sum(1), torch.zeros(B, 1, dtype=torch.int64), K)
+        return cls(fc.numpy(), Ac.numpy(), b.numpy(), s, N, row_order, row_blocks,
+                   packed.numpy(), bool((~packed & (position < count)).any()),
+                   rows.gather(1, torch.from_numpy(dot[..., 0].T)).numpy(), dot_blocks)
+
+    def take(self, idx: np.ndarray) -> _Dual:
+        return _Dual(self.f[:, idx], self.A[:, :, idx], self.b[idx], self.s, self.n,
+                     self.row_order[:, idx], self.row_blocks, self.packed[:, idx],
+                     self.single, self.dot_order[idx], self.dot_blocks)
+
+    def shifted_exp(self, l: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """exp(z - max_c z) for CCNN's logits z = s*(f + l^T A), (P + 1, B, 4, Q), and
+        the max, (B, 4, Q). l^T A is Eigen's gemv: the float32 products added row by row.
+        exp is float32 rounded from float64, as glibc's expf nearly always is (torch's
+        float32 exp differs from it in about 1% of the last bits; torch's float64 exp is
+        faster than numpy's). The result is a buffer the next call overwrites."""
+        P = self.f.shape[0]
+        bias = torch.from_numpy(_sequential_sum(l.T[:, None, :] * self.A)[:P])
+        z = torch.add(torch.from_numpy(self.f), bias[:, :, None, None], out=self.z)
+        z.mul_(self.s)
+        mx = z.amax(0)
+        # below -104 exp rounds to 0 in float32; the clamp keeps the removed classes'
+        # -1e10 off exp's slow underflow path
+        z.sub_(mx).clamp_(min=EXP_ZERO)
+        torch.exp(self.wide.copy_(z), out=torch.from_numpy(self.e[:P]))
+        return self.e, mx.numpy()
+
+    def row_sums(self, e: np.ndarray) -> np.ndarray:
+        """Per pixel, the sum over the kept classes, (B, 4, Q): Eigen's ``rowwise().sum()``
+        of CCNN's row-major N x pM matrix of kept classes, row i at float i*pM."""
+        # mode='clip' (the rows are in range) spares take's buffered bounds check
+        np.take(e.reshape(-1, e.shape[-1]), self.rows, axis=0,
+                out=self.slots.reshape(len(self.rows), -1), mode="clip")
+        return _eigen_tree(self.slots, self.row_blocks)
+
+    def value_and_gradient(self, l: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """CCNN's ``fun``: dual objective N*D(l) (float32) and its gradient
+        A sum_i p_i - b, with the roundings and the summation order of CCNN's Eigen
+        expressions. Near the optimum the gradient is a small difference of pixel sums,
+        and the steps it proposes decide which trial the float32 objective accepts
+        last, so every order matters."""
+        N = self.n
+        P1, B, _, Q = self.e.shape
+        e, mx = self.shifted_exp(l)
+        lse = mx + _log(_sequential_sum(e))
+        total = _packet_sum(lse.transpose(0, 2, 1).reshape(B, 4 * Q)[:, :N])
+        products = np.concatenate([l * self.b, np.full((B, 1), -0.0, np.float32)], 1)
+        lb = _eigen_tree(np.take_along_axis(products, self.dot_order, 1).T, self.dot_blocks)
+        # CCNN: 1.0/scale_ * sum - l.dot(b) is evaluated in double, then returned as float.
+        objective = ((1.0 / self.s) * total.astype(np.float64)
+                     - lb.astype(np.float64)).astype(np.float32)
+        np.copyto(self.pixel_major, (e / self.row_sums(e)).transpose(3, 2, 0, 1))
+        colsum = self.column_sums(self.pixel_major.reshape(4 * Q, P1, B)[:N])
+        gradient = _sequential_sum(self.A.transpose(1, 0, 2) * colsum[:, None]).T - self.b
+        return objective, gradient
+
+    def column_sums(self, P: np.ndarray) -> np.ndarray:
+        """Per class, the sum over pixels of ``P`` (N, P + 1, B) as Eigen's
+        ``colwise().sum()`` of CCNN's row-major N x pM matrix adds it: the first
+        4*(pM//4) kept classes (``packed``) a packet of 4 at a time (pixel 0, then
+        ((1+2)+(3+4)), ((5+6)+(7+8)), ..., then the rest in order), the others pixel by
+        pixel in order."""
+        N = P.shape[0]
+        sums = _sequential_sum(P) if self.single else np.zeros(P.shape[1:], np.float32)
+        if self.packed.any():
+            size4 = (N - 1) & ~3
+            q = P[1:1 + size4].reshape(size4 // 4, 4, *P.shape[1:])
+            groups = (q[:, 0] + q[:, 1]) + (q[:, 2] + q[:, 3])
+            sums = np.where(self.packed, _sequential_sum(
+                np.concatenate([P[:1], groups, P[1 + size4:]])), sums)
+        return sums
+
+
+def _projected_gradient_descent(dual: _Dual, cap: Tensor,
                                 solve: Tensor) -> tuple[Tensor, Tensor]:
     """CCNN's ``pgd`` for every image with ``solve`` set, in lockstep.
 
     Returns the multipliers l (B, K) in CCNN's units and the loop counter k
     (0 where no solve ran)."""
-    B, K = b.shape
-    device = f.device
-    l = torch.zeros(B, K, device=device)
-    g = torch.zeros(B, K, device=device)
-    prev = torch.zeros(B, device=device)
+    B, K = dual.b.shape
+    cap, solve = cap.numpy(), solve.numpy()
+    l = np.zeros((B, K), np.float32)
+    g = np.zeros((B, K), np.float32)
+    prev = np.zeros(B, np.float32)
     # Step sizes are float32 in CCNN; kept as float64 holding float32 values so that
     # `alpha *= 1.1` rounds once, like the C++ float*double product.
-    alpha = torch.full((B,), ALPHA_START, dtype=torch.float64, device=device)
-    k = torch.where(solve, 1, 0).to(torch.int64)
+    alpha = np.full(B, ALPHA_START)
+    k = solve.astype(np.int64)
 
-    idx = solve.nonzero()[:, 0]
-    if idx.numel():
-        prev[idx], g[idx] = _dual(f[idx], l[idx], A[idx], b[idx], s)
+    idx = np.flatnonzero(solve)
+    if idx.size:
+        prev[idx], g[idx] = dual.take(idx).value_and_gradient(l[idx])
     work_size = -1
     while True:
-        running = solve & (k <= MAX_ITER) & (alpha > ALPHA_MIN)
-        idx = running.nonzero()[:, 0]
-        if idx.numel() == 0:
+        idx = np.flatnonzero(solve & (k <= MAX_ITER) & (alpha > ALPHA_MIN))
+        if idx.size == 0:
             break
-        if idx.numel() != work_size:       # images only ever leave: re-gather when one does
-            work_size = idx.numel()
-            fw, Aw, bw, capw = f[idx], A[idx], b[idx], cap[idx]
-        step = alpha[idx].float()[:, None] * g[idx]
-        x = torch.minimum((l[idx] - step).clamp(min=0.0), capw)
-        fx, gx = _dual(fw, x, Aw, bw, s)
+        if idx.size != work_size:          # images only ever leave: re-gather when one does
+            work_size = idx.size
+            work, capw = dual.take(idx), cap[idx]
+        step = alpha[idx].astype(np.float32)[:, None] * g[idx]
+        x = np.minimum(np.maximum(l[idx] - step, np.float32(0.0)), capw)
+        fx, gx = work.value_and_gradient(x)
         accept = fx < prev[idx]
-        l[idx] = torch.where(accept[:, None], x, l[idx])
-        g[idx] = torch.where(accept[:, None], gx, g[idx])
-        prev[idx] = torch.where(accept, fx, prev[idx])
-        alpha[idx] = torch.where(accept, (alpha[idx] * ALPHA_GROW).float().double(),
-                                 alpha[idx] * ALPHA_SHRINK)
+        taken = idx[accept]
+        l[taken], g[taken], prev[taken] = x[accept], gx[accept], fx[accept]
+        alpha[idx] = np.where(accept, (alpha[idx] * ALPHA_GROW).astype(np.float32),
+                              alpha[idx] * ALPHA_SHRINK)
         k[idx] += 1
-    return l, k
+    return torch.from_numpy(l), torch.from_numpy(k)
 
 
 def weakloss_constraints(labels: Tensor, *, fg_lower: float = 0.05, fg_slack: float = 2.0,
