@@ -200,3 +200,24 @@ def test_a_choice_made_on_a_busy_machine_is_measured_again_when_it_is_quieter(
     assert calls
     stored = json.loads(next((cache / "conv_plans").glob("*.json")).read_text())
     assert stored["plans"]["op J"]["load"] == round(0.5 * cpus, 2)
+
+
+def test_onednn_forward_is_no_candidate_for_a_kernel_beyond_the_buffer_budget() -> None:
+    # fc6 of the full-width front-end: oneDNN's forward would copy its 411 MB kernel.
+    fc6 = conv_ops.Geometry((7, 7), (1, 1), (0, 0), (4, 4), 1)
+    x_shape, big, small = (1, 512, 54, 54), (4096, 512, 7, 7), (64, 512, 7, 7)
+    assert "native" not in conv_ops._candidates("forward", fc6, x_shape, big, 4)
+    assert "gemm" in conv_ops._candidates("forward", fc6, x_shape, big, 4)
+    assert "native" in conv_ops._candidates("input_grad", fc6, x_shape, big, 4)
+    assert "native" in conv_ops._candidates("forward", fc6, x_shape, small, 4)
+
+
+def test_a_remembered_plan_makes_no_probe_tensors(cache: Path, monkeypatch) -> None:
+    x = torch.randn(1, 16, 12, 12)
+    w = torch.randn(16, 16, 3, 3)
+    conv_ops.convolution(x, w, None, (1, 1), (1, 1), (1, 1), 1)        # measures once
+    made = []
+    real_randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: made.append(a) or real_randn(*a, **k))
+    conv_ops.convolution(x, w, None, (1, 1), (1, 1), (1, 1), 1)
+    assert made == []

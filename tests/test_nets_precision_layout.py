@@ -64,6 +64,12 @@ def test_channels_last_computes_what_nchw_computes(nets, which: str) -> None:
     assert ours.keys() == ref.keys()
     for key, value in ref.items():
         bound = 1e-5 * np.abs(value).max() + 1e-7
+        if key == "mil_loss data":
+            # The MIL loss is a cross-entropy against the constrained softmax's P, whose
+            # stopping rule (CCNN's float32 test, kept exact) is not continuous in the
+            # scores: last-bit differences can stop it one accepted step earlier or later.
+            # Its gradient, what training sees, is held to the common bound above.
+            bound = 1e-4 * np.abs(value).max()
         assert np.abs(ours[key] - value).max() <= bound, key
 
 
