@@ -197,7 +197,7 @@ def choose(key: str, candidates: Sequence[str], default: str,
                  "machine; the choices are kept in %s (%s=recalibrate measures again)",
                  cache.path, ENV)
     entry = measure(candidates, default, full, probe)
-    log.info("convolution plan %s: %s (%s)", key, entry["path"],
+    log.debug("convolution plan %s: %s (%s)", key, entry["path"],
              ", ".join(f"{p} {ms:.1f} ms" for p, ms in entry["ms"].items()))
     cache.entries[key] = entry
     _remeasured.add((cache.path, key))
