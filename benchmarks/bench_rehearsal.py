@@ -1,10 +1,10 @@
 """The real-data recipe rehearsed at full size: the README's stage-by-stage "Real data"
 commands on the synthetic benchmark written as a GTA5 tree (1914x1052) and a Cityscapes
 tree (2048x1024), through the shipped ``prototxt/gta5_to_cityscapes`` nets (copied
-byte for byte) and solvers (only ``max_iter``, ``display`` and, where asked, ``iter_size``
+byte for byte) and solvers (only ``max_iter``, ``display`` and, on the CPU, ``iter_size``
 changed), every stage in its own ``fcnwild`` process:
 
-    surgery   a VGG-16 caffemodel of random He-scaled weights (the real one cannot be
+    surgery   a VGG-16 caffemodel of random He-scaled weights (--pixel-rms; the real one cannot be
               downloaded here) -> the front-end's initialisation
     stats     GTA5's class sizes for GA+CA's MIL loss
     train     source-only, GA, GA+CA, each from the previous stage's final snapshot
@@ -13,8 +13,7 @@ changed), every stage in its own ``fcnwild`` process:
 Prints per stage: target mIoU, seconds per iteration (the first, with its one-time costs,
 apart), peak RSS, the per-term losses and the domain classifier's accuracy at every
 iteration. On a GPU when torch sees one, else on the CPU for the (small) iteration counts
-given, with fewer crops per update than the shipped solvers when --iter-size is given (the
-output says so).
+given, with one crop per update unless --iter-size says otherwise (the output says so).
 
     python benchmarks/bench_rehearsal.py [--out DIR] [--iterations source_only=2,ga=4,ga_ca=4]
         [--iter-size N] [--source-images 4] [--target-images 4] [--val-images 1]
@@ -99,7 +98,8 @@ def main() -> None:
                         help="per stage, e.g. source_only=2,ga=4,ga_ca=4 (default: that on the "
                         "CPU, 50 each on a GPU)")
     parser.add_argument("--iter-size", type=int,
-                        help="crops per update of every stage (default: the shipped 14 and 7+7)")
+                        help="crops per update of every stage (default: 1 on the CPU, the "
+                        "shipped 14 and 7 + 7 on a GPU)")
     parser.add_argument("--source-images", type=int, default=4, help="GTA5 frames to write")
     parser.add_argument("--target-images", type=int, default=4, help="Cityscapes train images")
     parser.add_argument("--val-images", type=int, default=1, help="Cityscapes val images scored")
@@ -110,6 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
     iterations = parse_iterations(args.iterations, gpu)
+    if args.iter_size is None and not gpu:
+        args.iter_size = 1
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fcnwild_rehearsal_"))
     run = out / "run"
     run.mkdir(parents=True, exist_ok=True)
