@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--source-images", type=int, default=4, help="GTA5 frames to write")
     parser.add_argument("--target-images", type=int, default=4, help="Cityscapes train images")
     parser.add_argument("--val-images", type=int, default=1, help="Cityscapes val images scored")
+    parser.add_argument("--score", default=",".join(STAGES),
+                        help="stages whose snapshot is scored on the val images (default all; "
+                        "'none' for none: on a CPU one 2048x1024 image takes minutes)")
     parser.add_argument("--pixel-rms", type=float, default=PIXEL_RMS,
                         help="divide the random VGG-16's conv1_1 weights by this, so that its "
                         f"activations are O(1) as the published VGG-16's are (default {PIXEL_RMS:g}, "
@@ -146,26 +149,31 @@ def main() -> None:
         train = fcnwild(["train", "--solver", solver.name, "--weights", weights, "--quiet",
                          *gpu_flag], run, env)
         weights = f"snapshots/{stage}_iter_{iterations[stage]}.caffemodel"
-        scored = run / f"{stage}_eval.json"
-        evaluation = fcnwild(["eval", "--model", str(DEPLOY), "--weights", weights,
-                              "--dataset", f"cityscapes:{cityscapes}", "--split", "val",
-                              "--json", scored.name, "--no-progress",
-                              *(["--device", "cuda"] if gpu else [])], run, env)
-        steps += [train, evaluation]
+        steps.append(train)
         curves = parse_log(train.log)
         if len(curves["seconds"]) != iterations[stage]:
             raise SystemExit(f"{stage}: expected {iterations[stage]} iteration lines:\n"
                              f"{train.log[-4000:]}")
-        results[stage] = dict(curves=curves, train=train, eval=evaluation,
-                              miou=json.loads(scored.read_text())["mean_iou"])
+        results[stage] = dict(curves=curves, train=train, eval=None, miou=None)
+        if stage in args.score.split(","):
+            scored = run / f"{stage}_eval.json"
+            evaluation = fcnwild(["eval", "--model", str(DEPLOY), "--weights", weights,
+                                  "--dataset", f"cityscapes:{cityscapes}", "--split", "val",
+                                  "--json", scored.name, "--no-progress",
+                                  *(["--device", "cuda"] if gpu else [])], run, env)
+            steps.append(evaluation)
+            results[stage].update(eval=evaluation,
+                                  miou=json.loads(scored.read_text())["mean_iou"])
         report_stage(stage, results[stage], run / f"{stage}_net.prototxt")
     print("\nprocesses:")
     for step in steps:
         print(f"  {step.seconds:7.1f} s  peak RSS {step.peak_rss_mb:7.0f} MB  {step.command}")
     (out / "rehearsal.json").write_text(json.dumps(
         {stage: dict(curves=r["curves"], miou=r["miou"], train_seconds=r["train"].seconds,
-                     train_peak_rss_mb=r["train"].peak_rss_mb, eval_seconds=r["eval"].seconds,
-                     eval_peak_rss_mb=r["eval"].peak_rss_mb) for stage, r in results.items()},
+                     train_peak_rss_mb=r["train"].peak_rss_mb,
+                     eval_seconds=r["eval"] and r["eval"].seconds,
+                     eval_peak_rss_mb=r["eval"] and r["eval"].peak_rss_mb)
+         for stage, r in results.items()},
         indent=1))
     print(f"results: {out / 'rehearsal.json'}")
     if not args.out:
@@ -179,11 +187,15 @@ def report_stage(stage: str, result: dict, net: Path) -> None:
         if len(seconds) > 1 else ""
     same = digest(net) == digest(SHIPPED / net.name)
     print(f"\n== {stage} (net {'identical to' if same else 'DIFFERS FROM'} the shipped one)")
-    print(f"target mIoU: " + ", ".join(f"{k}-class {100 * v:.2f}" for k, v in
-                                       result["miou"].items() if v is not None))
+    if result["eval"] is None:
+        print("target mIoU: not scored (--score)")
+    else:
+        print("target mIoU: " + ", ".join(f"{k}-class {100 * v:.2f}" for k, v in
+                                          result["miou"].items() if v is not None)
+              + f"; eval {result['eval'].seconds:.1f} s, peak RSS "
+              f"{result['eval'].peak_rss_mb:.0f} MB")
     print(f"s/iteration: first {seconds[0]:.2f} s{later}; train process peak RSS "
-          f"{train.peak_rss_mb:.0f} MB; eval {result['eval'].seconds:.1f} s, peak RSS "
-          f"{result['eval'].peak_rss_mb:.0f} MB")
+          f"{train.peak_rss_mb:.0f} MB")
     for name, values in curves.items():
         if name != "seconds":
             print(f"  {name:>14}: " + " ".join(f"{v:.4g}" for v in values))
