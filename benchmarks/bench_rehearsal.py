@@ -4,8 +4,8 @@ tree (2048x1024), through the shipped ``prototxt/gta5_to_cityscapes`` nets (copi
 byte for byte) and solvers (only ``max_iter``, ``display`` and, on the CPU, ``iter_size``
 changed), every stage in its own ``fcnwild`` process:
 
-    surgery   a VGG-16 caffemodel of random He-scaled weights (--pixel-rms; the real one cannot be
-              downloaded here) -> the front-end's initialisation
+    surgery   a VGG-16 caffemodel of random He-scaled weights (see --pixel-rms; the real
+              one cannot be downloaded here) -> the front-end's initialisation
     stats     GTA5's class sizes for GA+CA's MIL loss
     train     source-only, GA, GA+CA, each from the previous stage's final snapshot
     eval      each stage's snapshot on the generated Cityscapes val images
@@ -108,8 +108,8 @@ def main() -> None:
                         "'none' for none: on a CPU one 2048x1024 image takes minutes)")
     parser.add_argument("--pixel-rms", type=float, default=PIXEL_RMS,
                         help="divide the random VGG-16's conv1_1 weights by this, so that its "
-                        f"activations are O(1) as the published VGG-16's are (default {PIXEL_RMS:g}, "
-                        "about the RMS of a mean-subtracted pixel; 1: plain He scaling)")
+                        "activations are O(1) as the published VGG-16's are (default "
+                        f"{PIXEL_RMS:g}, about the RMS of a mean-subtracted pixel; 1: plain He)")
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
     iterations = parse_iterations(args.iterations, gpu)

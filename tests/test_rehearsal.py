@@ -44,7 +44,8 @@ ITER_SIZE = 2      # the shipped 14 / 7 crops per update, cut for the suite's ti
 CLIP = -math.log(np.finfo(np.float32).tiny)
 
 
-def summed_domain_losses(net: caffe_pb2.NetParameter, solver: caffe_pb2.SolverParameter) -> None:
+def summed_domain_losses(net: caffe_pb2.NetParameter,
+                         solver: caffe_pb2.SolverParameter) -> None:
     """The adversarial settings before the one rule: domain losses summed over the units,
     lambda 1, the classifier at the representation's rate, MIL weight 1."""
     for layer in net.layer:
@@ -52,7 +53,8 @@ def summed_domain_losses(net: caffe_pb2.NetParameter, solver: caffe_pb2.SolverPa
             layer.loss_param.normalization = caffe_pb2.LossParameter.NONE
     solver.adversarial_param.classifier_lr_mult = 1
     for loss in solver.adversarial_param.representation_loss:
-        loss.weight = {"dom_loss": 0.5, "dom_loss_inv": 0.5, "mil_loss": 1}.get(loss.top, loss.weight)
+        old = {"dom_loss": 0.5, "dom_loss_inv": 0.5, "mil_loss": 1}
+        loss.weight = old.get(loss.top, loss.weight)
 
 
 def miniature(folder: Path, stage: str, change=None) -> Path:
@@ -83,7 +85,8 @@ def unit_domain_loss(net) -> float:
     """The domain classifier's cross-entropy per output unit (whatever the loss layers'
     normalization), clipped as Caffe clips it: log 2 = 0.69 when it cannot tell."""
     scores = torch.log_softmax(net.blobs["dom_score"].tensor.detach().double(), dim=1)
-    labels = net.blobs["domain_label"].tensor.detach().long().reshape(scores.shape[0], 1, *scores.shape[2:])
+    labels = net.blobs["domain_label"].tensor.detach().long()
+    labels = labels.reshape(scores.shape[0], 1, *scores.shape[2:])
     return float((-scores.gather(1, labels)).clamp(max=CLIP).mean())
 
 
@@ -170,7 +173,8 @@ def test_adapt_runs_every_stage_on_real_layouts(tmp_path, capsys, monkeypatch):
         assert 0 <= result["mean_iou"]["19"] <= 1
         curves = json.loads((out / stage / "curves.json").read_text())
         assert all(math.isfinite(v) for values in curves.values() for v in values)
-    assert {"dom_accuracy", "mil_loss"} <= set(json.loads((out / "ga_ca" / "curves.json").read_text()))
+    ga_ca = json.loads((out / "ga_ca" / "curves.json").read_text())
+    assert {"dom_accuracy", "mil_loss"} <= set(ga_ca)
     assert "GA+CA" in capsys.readouterr().out
 
 
