@@ -33,8 +33,8 @@ from fcnwild.base.errors import NetError, WeightsError
 from fcnwild.layers import buffers
 from fcnwild.layers.base import Layer, LayerContext
 from fcnwild.layers.registry import layer_class
-from fcnwild.nets.blob import Blob, ParamBlob
 from fcnwild.nets import precision
+from fcnwild.nets.blob import Blob, ParamBlob
 from fcnwild.nets.netstate import filter_net, make_state
 from fcnwild.nets.prototxt import read_net_param
 from fcnwild.nets.splits import insert_splits
@@ -425,9 +425,7 @@ class Net(nn.Module):
                 tensor.requires_grad_()
             bottoms.append(tensor)
         offered = self._release_tops(i, bottoms, record) if replace_tops else []
-        with contextlib.ExitStack() as scope:
-            if not record:
-                scope.enter_context(torch.no_grad())
+        with torch.set_grad_enabled(record), contextlib.ExitStack() as scope:
             tops = self._run_in_precision(layer, bottoms, scope)
         for bottom in offered:
             buffers.discard(bottom, buffers.OUTPUT)
