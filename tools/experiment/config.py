@@ -46,6 +46,11 @@ class Experiment:
     # and cannot come back.
     image_labels: str = "stage_start"
 
+    def datasets(self) -> list[tuple[str, str]]:
+        """(dataset spec, split) of everything the stages read."""
+        data = [self.source, self.target] + ([self.oracle] if self.oracle else [])
+        return [(d.source, d.split) for d in data] + [self.evaluation]
+
     def stage_files(self, stage: str, class_stats: str, image_labels: str | None
                     ) -> tuple[caffe_pb2.NetParameter, caffe_pb2.SolverParameter]:
         """The net and solver of ``stage``, the net read as ``net.prototxt`` beside the
