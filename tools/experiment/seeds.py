@@ -1,10 +1,11 @@
-"""Running an experiment's stages for several seeds at once, one thread per stage chain.
+"""Running an experiment's stages for several seeds at once, one thread per stage.
 
-Each seed's source-only -> GA -> GA+CA chain is one job and its oracle another (it depends
-on nothing); jobs run in parallel worker processes of one thread each. A stage's numbers
-therefore depend on the seed and the processor but not on the number of cores or on which
-other jobs ran beside it. Every seed writes under ``<out>/seed_<k>/`` and resumes there
-(``AdaptationRun``).
+Every stage of every seed is a job; a stage waits for the stage it starts from (and a
+seed's oracle for the seed's first stage, which generates the seed's benchmark). Jobs run
+in parallel worker processes of one thread each, the longest remaining chain first. A
+stage's numbers therefore depend on the seed and the processor but not on the number of
+cores or on which jobs ran beside it. Every seed writes under ``<out>/seed_<k>/`` and
+resumes there (``AdaptationRun``).
 """
 from __future__ import annotations
 
@@ -18,13 +19,21 @@ from typing import Callable
 import torch
 
 from fcnwild.data.datasets import open_dataset
-from fcnwild.tools.experiment.config import STAGE_TITLES, Experiment, stage_order
+from fcnwild.tools.experiment.config import (
+    PREVIOUS_STAGE,
+    STAGE_TITLES,
+    Experiment,
+    stage_order,
+)
 from fcnwild.tools.experiment.run import AdaptationRun
 from fcnwild.tools.progress import setup_logging
 
 log = logging.getLogger("fcnwild.adapt")
 ExperimentFactory = Callable[[int], Experiment]   # seed -> experiment; must pickle
 Results = dict[str, dict]                         # stage -> its metrics
+# An adversarial iteration forwards a source and a target batch twice and back once: about
+# 2.7 supervised iterations (for ordering jobs only).
+ADVERSARIAL_COST = 2.7
 
 
 def seed_folder(out: str | os.PathLike, seed: int) -> Path:
@@ -34,54 +43,57 @@ def seed_folder(out: str | os.PathLike, seed: int) -> Path:
 def run_seeds(make_experiment: ExperimentFactory, seeds: list[int], out: str | os.PathLike,
               stages: tuple[str, ...], *, jobs: int | None = None, quiet: bool = False,
               on_done: Callable[[int, Results], None] | None = None) -> dict[int, Results]:
-    """Every stage of every seed; ``on_done(seed, results)`` as each job ends. ``jobs``
-    worker processes (default: one per core, at most one per job); with one, the jobs run
-    in this process, on one thread as well."""
+    """Every stage of every seed; ``on_done(seed, results)`` when a seed's stages are all
+    done. ``jobs`` worker processes (default: one per core); with one, the stages run in
+    this process, on one thread as well."""
     stages = stage_order(stages)
-    chain = tuple(s for s in stages if s != "oracle")
-    units = [(seed, chain) for seed in seeds if chain] + \
-            [(seed, ("oracle",)) for seed in seeds if "oracle" in stages]
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(units)))
+    experiment = make_experiment(seeds[0])
+    chain = [s for s in stages if s != "oracle"]
+    needs = {s: PREVIOUS_STAGE[s] if s in PREVIOUS_STAGE and PREVIOUS_STAGE[s] in stages
+             else (chain[0] if s == "oracle" and chain else None) for s in stages}
+    cost = {s: experiment.settings[s].max_iter * (ADVERSARIAL_COST if s in ("ga", "ga_ca") else 1)
+            for s in stages}
+    # The longest chain of stages still to run after (and with) each stage goes first.
+    remaining = {s: cost[s] + sum(cost[t] for t in chain[chain.index(s) + 1:])
+                 if s in chain else cost[s] for s in stages}
+    pending = sorted(((seed, s) for seed in seeds for s in stages),
+                     key=lambda job: (-remaining[job[1]], seeds.index(job[0])))
     results: dict[int, Results] = {seed: {} for seed in seeds}
 
-    def collect(seed: int, done: Results) -> None:
-        results[seed].update(done)
-        if on_done is not None:
-            on_done(seed, done)
+    def finish(seed: int, stage: str, result: dict) -> None:
+        results[seed][stage] = result
+        if len(results[seed]) == len(stages) and on_done is not None:
+            on_done(seed, {s: results[seed][s] for s in stages})
 
-    if jobs == 1:
+    def ready() -> list[tuple[int, str]]:
+        return [(seed, s) for seed, s in pending if needs[s] is None or needs[s] in results[seed]]
+
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(pending)))
+    if workers == 1:
         _init_worker(quiet)
-        for seed in seeds:
-            _prepare(make_experiment, seed)
-        for seed, unit in units:
-            collect(seed, _run_unit(make_experiment, seed, unit, out))
+        while pending:
+            seed, stage = ready()[0]
+            pending.remove((seed, stage))
+            finish(seed, stage, _run_stage(make_experiment, seed, stage, out))
     else:
         context = multiprocessing.get_context("spawn")   # fork would copy torch's thread pools
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                  initargs=(quiet,)) as pool:
-            # Each benchmark is generated once before two jobs could both find it missing.
-            _drain([pool.submit(_prepare, make_experiment, seed) for seed in seeds])
-            pending = {pool.submit(_run_unit, make_experiment, seed, unit, out): seed
-                       for seed, unit in units}
-            _drain(list(pending), lambda f: collect(pending[f], f.result()))
-    return {seed: {stage: results[seed][stage] for stage in stages} for seed in seeds}
-
-
-def _drain(futures: list[Future], each: Callable[[Future], None] | None = None) -> None:
-    """Wait for ``futures``, handing each to ``each`` as it ends; the first failure cancels
-    what has not started and is raised."""
-    remaining = set(futures)
-    try:
-        while remaining:
-            done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-            for future in done:
-                future.result()
-                if each is not None:
-                    each(future)
-    except BaseException:
-        for future in remaining:
-            future.cancel()
-        raise
+            running: dict[Future, tuple[int, str]] = {}
+            try:
+                while pending or running:
+                    for job in ready()[:workers - len(running)]:
+                        pending.remove(job)
+                        running[pool.submit(_run_stage, make_experiment, *job, out)] = job
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        seed, stage = running.pop(future)
+                        finish(seed, stage, future.result())
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
+    return {seed: {s: results[seed][s] for s in stages} for seed in seeds}
 
 
 class _SeedPrefix(logging.Filter):
@@ -114,11 +126,11 @@ def _prepare(make_experiment: ExperimentFactory, seed: int) -> None:
         open_dataset(spec, split)
 
 
-def _run_unit(make_experiment: ExperimentFactory, seed: int, stages: tuple[str, ...],
-              out: str | os.PathLike) -> Results:
-    _prefix.seed = seed
+def _run_stage(make_experiment: ExperimentFactory, seed: int, stage: str,
+               out: str | os.PathLike) -> dict:
+    _prepare(make_experiment, seed)
     run = AdaptationRun(make_experiment(seed), seed_folder(out, seed), _log_quarters)
-    return {stage: run.run_stage(stage) for stage in stages}
+    return run.run_stage(stage)
 
 
 def _log_quarters(stage: str, iteration: int, total: int,
