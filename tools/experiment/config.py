@@ -45,6 +45,9 @@ class Experiment:
     # ("stage_start"). Online, a class that drops out of one prediction is suppressed there
     # and cannot come back.
     image_labels: str = "stage_start"
+    # The scores the MIL constraint sees: the coarse map at the net's output stride
+    # ("final") or the map upsampled to the input ("upscore").
+    mil_scores: str = "final"
 
     def datasets(self) -> list[tuple[str, str]]:
         """(dataset spec, split) of everything the stages read."""
@@ -67,7 +70,7 @@ class Experiment:
         net = adaptation_net(self.arch, stage, self.source, self.target, category=category,
                              class_stats=class_stats,
                              domain_normalization=self.domain_normalization, mil=self.mil,
-                             image_labels=image_labels)
+                             image_labels=image_labels, mil_scores=self.mil_scores)
         return net, solver_param("net.prototxt", "snapshots/stage", settings,
                                  adversarial=self.arch, category=category)
 
