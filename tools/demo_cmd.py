@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="multiply every stage's iterations (smaller: faster, rougher)")
     parser.add_argument("--images", type=int, help="images per benchmark split (default 500 "
                         "source, 500 target, 200 val)")
-    parser.add_argument("--image-size", metavar="HxW", help="benchmark image size (default 64x128)")
+    parser.add_argument("--image-size", metavar="HxW", help="benchmark image size (default 48x96)")
     parser.add_argument("--no-oracle", action="store_true", help="skip the target-trained oracle")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
