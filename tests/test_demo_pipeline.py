@@ -145,3 +145,24 @@ def test_adapt_defaults_to_splits_each_official_layout_has(tmp_path):
     args.source_split = "train"       # asked for explicitly, the split needs split.mat
     with pytest.raises(DatasetError, match="split.mat is missing"):
         adapt_cmd.experiment_from_args(args)
+
+
+def test_seeds_give_the_same_numbers_in_one_process_and_in_parallel_workers(tmp_path, cache):
+    """Each stage runs on one thread wherever it runs: a seed's results do not depend on
+    how many jobs ran at once or which ran beside it."""
+    import functools
+
+    from fcnwild.tools.experiment.seeds import run_seeds
+    make = functools.partial(synthetic_experiment, scale=0.01, height=32, width=64, images=8)
+    finished = []
+    inline = run_seeds(make, [4, 5], tmp_path / "one", ("source_only", "ga"), jobs=1,
+                       quiet=True, on_done=lambda seed, results: finished.append(seed))
+    parallel = run_seeds(make, [4, 5], tmp_path / "two", ("source_only", "ga"), jobs=2,
+                         quiet=True)
+    assert sorted(finished) == [4, 5]
+    for seed in (4, 5):
+        for stage in ("source_only", "ga"):
+            assert inline[seed][stage]["iou"] == parallel[seed][stage]["iou"]
+            weights = [(root / f"seed_{seed}" / stage / "final.caffemodel").read_bytes()
+                       for root in (tmp_path / "one", tmp_path / "two")]
+            assert weights[0] == weights[1]
