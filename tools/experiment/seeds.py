@@ -9,12 +9,13 @@ resumes there (``AdaptationRun``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -46,7 +47,25 @@ def run_seeds(make_experiment: ExperimentFactory, seeds: list[int], out: str | o
     """Every stage of every seed; ``on_done(seed, results)`` when a seed's stages are all
     done. ``jobs`` worker processes (default: one per core); with one, the stages run in
     this process, on one thread as well."""
-    stages = stage_order(stages)
+    with one_thread():
+        return _run_jobs(make_experiment, seeds, out, stage_order(stages), jobs, quiet, on_done)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread meanwhile, as the jobs run (scoring in the same conditions uses
+    the convolution plans measured for them)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_jobs(make_experiment: ExperimentFactory, seeds: list[int], out: str | os.PathLike,
+              stages: tuple[str, ...], jobs: int | None, quiet: bool,
+              on_done: Callable[[int, Results], None] | None) -> dict[int, Results]:
     experiment = make_experiment(seeds[0])
     chain = [s for s in stages if s != "oracle"]
     needs = {s: PREVIOUS_STAGE[s] if s in PREVIOUS_STAGE and PREVIOUS_STAGE[s] in stages
@@ -71,10 +90,13 @@ def run_seeds(make_experiment: ExperimentFactory, seeds: list[int], out: str | o
     workers = max(1, min(jobs or os.cpu_count() or 1, len(pending)))
     if workers == 1:
         _init_worker(quiet)
-        while pending:
-            seed, stage = ready()[0]
-            pending.remove((seed, stage))
-            finish(seed, stage, _run_stage(make_experiment, seed, stage, out))
+        try:
+            while pending:
+                seed, stage = ready()[0]
+                pending.remove((seed, stage))
+                finish(seed, stage, _run_stage(make_experiment, seed, stage, out))
+        finally:
+            _prefix.seed = None
     else:
         context = multiprocessing.get_context("spawn")   # fork would copy torch's thread pools
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
