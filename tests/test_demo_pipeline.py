@@ -166,3 +166,26 @@ def test_seeds_give_the_same_numbers_in_one_process_and_in_parallel_workers(tmp_
             weights = [(root / f"seed_{seed}" / stage / "final.caffemodel").read_bytes()
                        for root in (tmp_path / "one", tmp_path / "two")]
             assert weights[0] == weights[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0,0"], "a seed is given twice"),
+    (["--seeds", "1", "2", "1"], "a seed is given twice"),
+    (["--jobs", "0"], "--jobs 0: expected at least 1"),
+    (["--image-size", "48"], "expected HxW"),
+])
+def test_demo_refuses_bad_flags_before_anything_runs(tmp_path, argv, message):
+    with pytest.raises(UsageError, match=message):
+        run_verb(demo_cmd, ["--out", str(tmp_path / "x")] + argv)
+    assert not (tmp_path / "x").exists()
+
+
+def test_demo_seed_flags_parse_both_spellings():
+    parser = argparse.ArgumentParser()
+    demo_cmd.add_arguments(parser)
+    assert parser.parse_args(["--seeds", "0,1,2"]).seeds == [[0, 1, 2]]
+    assert parser.parse_args(["--seeds", "3", "4"]).seeds == [[3], [4]]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seeds", "x"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seeds", "1", "--seed", "2"])
