@@ -35,6 +35,7 @@ How a choice is measured:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -93,6 +94,7 @@ def machine() -> dict[str, object]:
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
+@functools.cache
 def _cpu_model() -> str:
     """The CPU's model name with its family/model/stepping numbers (a VM may show only
     a generic name such as "AMD EPYC", which covers generations that behave differently)."""
@@ -159,18 +161,22 @@ class PlanCache:
             return self._read()
 
 
-_caches: dict[Path, PlanCache] = {}
+# Keyed by what can change within a process (the thread count, the cache folder): the rest of
+# the machine's description is fixed, and this lookup runs for every convolution.
+_caches: dict[tuple, PlanCache] = {}
 _remeasured: set[tuple[Path, str]] = set()      # keys measured by this process
 
 
 def plan_cache() -> PlanCache:
     """The cache of this machine, thread count and torch build (read once per process)."""
-    description = machine()
-    digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_root() / "conv_plans" / f"{digest}.json"
-    if path not in _caches:
-        _caches[path] = PlanCache(path, description)
-    return _caches[path]
+    lookup = (torch.get_num_threads(), os.environ.get("FCNWILD_CACHE"), os.environ.get("HOME"))
+    cache = _caches.get(lookup)
+    if cache is None:
+        description = machine()
+        digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+        cache = _caches[lookup] = PlanCache(cache_root() / "conv_plans" / f"{digest}.json",
+                                            description)
+    return cache
 
 
 def choose(key: str, candidates: Sequence[str], default: str,

@@ -228,13 +228,17 @@ def adaptation_net(arch: FrontEnd, name: str, source: DataSpec, target: DataSpec
                    category: bool, class_stats: str = "class_stats.json",
                    domain_normalization: int = caffe_pb2.LossParameter.NONE,
                    mil: caffe_pb2.ConstrainedMILParameter | None = None,
-                   image_labels: str | None = None) -> caffe_pb2.NetParameter:
+                   image_labels: str | None = None, mil_scores: str = "final"
+                   ) -> caffe_pb2.NetParameter:
     """GA (``category=False``) or GA+CA: one weight-shared network over [source; target].
 
     The domain losses are summed over all units (eq. 2-5) unless ``domain_normalization``
     says otherwise; ``mil`` overrides the MIL layer's defaults (bounds' slack, hardness);
     ``image_labels`` (a file of per-image present classes) replaces the MIL layer's online
-    image-label prediction."""
+    image-label prediction. ``mil_scores`` is the score blob the MIL loss constrains: the
+    coarse ``final`` map or the ``upscore`` map upsampled to the input."""
+    if mil_scores not in ("final", "upscore"):
+        raise ValueError(f"mil_scores {mil_scores!r}: expected 'final' or 'upscore'")
     net = caffe_pb2.NetParameter(name=name)
     target = replace(target, unlabelled=True)
     net.layer.append(_data_layer("source_data", ["source_data", "source_label"], source, arch))
@@ -256,14 +260,16 @@ def adaptation_net(arch: FrontEnd, name: str, source: DataSpec, target: DataSpec
     if category:
         split = caffe_pb2.SliceParameter(axis=0)
         split.slice_point.append(source.batch_size)
-        net.layer.append(_layer("split_scores", "Slice", "final",
-                                ["source_final", "target_final"], slice_param=split))
-        net.layer.append(_layer("silence_source_final", "Silence", "source_final"))
+        net.layer.append(_layer("split_scores", "Slice", mil_scores,
+                                [f"source_{mil_scores}", f"target_{mil_scores}"],
+                                slice_param=split))
+        net.layer.append(_layer(f"silence_source_{mil_scores}", "Silence",
+                                f"source_{mil_scores}"))
         mil_param = caffe_pb2.ConstrainedMILParameter()
         if mil is not None:
             mil_param.CopyFrom(mil)
         mil_param.class_stats = class_stats
-        bottoms = ["target_final"] + (["target_image_labels"] if image_labels else [])
+        bottoms = [f"target_{mil_scores}"] + (["target_image_labels"] if image_labels else [])
         net.layer.append(_layer("mil_loss", "ConstrainedMILLoss", bottoms, "mil_loss",
                                 constrained_mil_param=mil_param))
     net.layer.extend(domain_classifier_layers(arch, normalization=domain_normalization))

@@ -3,8 +3,9 @@ prediction (``fcnwild.data.inference.TiledPredictor``).
 
 A net's forward memory at an input size is estimated from shape inference alone (no
 tensor is allocated): every blob at float32, plus the largest im2col buffer a
-convolution needs. A test-phase forward keeps every blob, as pycaffe does, so the
-blobs add up.
+convolution needs, plus the weights and one transient copy of the largest of them (oneDNN
+reorders a kernel's weights into its blocked layout for the call). A test-phase forward
+keeps every blob, as pycaffe does, so the blobs add up.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ _MAX_TILES_PER_SIDE = 64
 
 
 def forward_bytes(net: Net, input_blob: str, height: int, width: int) -> int:
-    """Bytes a batch-1 forward of ``net`` at ``height`` x ``width`` holds at its peak;
-    leaves the net reshaped to that input."""
+    """Bytes a batch-1 forward of ``net`` at ``height`` x ``width`` holds at its peak
+    (activations, scratch and weights); leaves the net reshaped to that input."""
     channels = net.blobs[input_blob].shape[1]
     net.reshape_inputs({input_blob: (1, channels, height, width)})
     blobs = sum(blob.count for blob in net.blobs.values())
@@ -38,7 +39,8 @@ def forward_bytes(net: Net, input_blob: str, height: int, width: int) -> int:
         # im2col: (input channels x kernel) x output positions; col2im for a deconvolution.
         small, large = (bottom, top) if layer.type_name == "Deconvolution" else (top, bottom)
         scratch = max(scratch, large[1] * kernel * int(np.prod(small[2:])))
-    return (blobs + scratch) * FLOAT_BYTES
+    params = [int(np.prod(blob.shape)) for layer in net.layers for blob in layer.blobs]
+    return (blobs + scratch + sum(params) + max(params, default=0)) * FLOAT_BYTES
 
 
 class TileChoice(NamedTuple):

@@ -186,7 +186,7 @@ def test_real_net_tiles_like_test_py_and_eval_command(tmp_path):
     assert rescored.confusion.counts.tolist() == json.loads((tmp_path / "r.json").read_text())["confusion"]
 
 
-def test_forward_bytes_adds_every_blob_and_the_largest_im2col_buffer(tmp_path):
+def test_forward_bytes_adds_blobs_im2col_and_weights_with_a_copy_of_the_largest(tmp_path):
     prototxt = tmp_path / "deploy.prototxt"
     prototxt.write_text(MINI_FRONT_END)
     net = Net(str(prototxt), phase="TEST")
@@ -196,7 +196,8 @@ def test_forward_bytes_adds_every_blob_and_the_largest_im2col_buffer(tmp_path):
     final = ((h - 2) // 2 - 2) * ((w - 2) // 2 - 2)
     blobs = 3 * h * w + 4 * conv1 + 4 * pool1 + 19 * final * 2          # data, conv1, pool1, final, prob
     im2col = max(3 * 9 * conv1, 4 * 9 * final)
-    assert forward_bytes(net, "data", h, w) == 4 * (blobs + im2col)
+    weights = (3 * 9 * 4 + 4) + (4 * 9 * 19 + 19)                        # conv1, final
+    assert forward_bytes(net, "data", h, w) == 4 * (blobs + im2col + weights + 4 * 9 * 19)
     assert net.blobs["prob"].shape == (1, 19, (h - 2) // 2 - 2, (w - 2) // 2 - 2)
 
 

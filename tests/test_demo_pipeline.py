@@ -28,32 +28,63 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_demo_miniature_writes_every_artefact(tmp_path, cache, capsys):
+    """Two seeds in two worker processes: every stage of each, the table of means with
+    intervals, per-class changes and the claims; the figures; the artefacts reload."""
     out = tmp_path / "demo"
     assert run_verb(demo_cmd, ["--out", str(out), "--scale", "0.01", "--images", "16",
-                               "--image-size", "32x64", "--quiet"]) == 0
+                               "--image-size", "32x64", "--seeds", "0,3", "--jobs", "2",
+                               "--quiet"]) == 0
     printed = capsys.readouterr().out
-    for title in ("source only", "GA", "GA+CA", "oracle"):
-        assert title in printed
     results = json.loads((out / "results.json").read_text())
-    assert set(results["stages"]) == set(STAGES)
-    assert results["seed"] == 0 and results["benchmark"]["config"]["height"] == 32
-    # The final weights, scored afresh, give the stage's recorded metrics.
-    scorer = TargetScorer(synthetic_experiment(0, 0.01, height=32, width=64, images=16))
+    assert results["seeds"] == [0, 3] and set(results["stages"]) == set(STAGES)
+    assert results["benchmark"]["3"]["config"]["height"] == 32
+    assert results["benchmark"]["3"]["config"]["seed"] == 3
+    for seed in (0, 3):
+        # The final weights, scored afresh, give the stage's recorded metrics.
+        scorer = TargetScorer(synthetic_experiment(seed, 0.01, height=32, width=64, images=16))
+        for stage, entry in results["stages"].items():
+            folder = out / f"seed_{seed}" / stage
+            metrics = json.loads((folder / "metrics.json").read_text())
+            assert metrics["stage"] == stage
+            rescored = scorer.evaluate(folder / "final.caffemodel").to_dict()
+            assert rescored["iou"] == metrics["iou"]
+            per_seed = entry["iou_per_seed"][str(seed)]
+            assert all((per_seed[c] is None) == (metrics["iou"][c] is None) and
+                       (per_seed[c] is None or abs(per_seed[c] - 100 * metrics["iou"][c]) < 1e-9)
+                       for c in results["classes"])
+            curves = json.loads((folder / "curves.json").read_text())
+            assert len(curves["loss"]) == entry["iterations"] == metrics["iterations"]
     for stage, entry in results["stages"].items():
-        assert 0 <= entry["miou"] <= 1 and set(entry["iou"]) == set(results["classes"])
-        metrics = json.loads((out / stage / "metrics.json").read_text())
-        rescored = scorer.evaluate(out / stage / "final.caffemodel").to_dict()
-        assert rescored["iou"] == metrics["iou"]
-        curves = json.loads((out / stage / "curves.json").read_text())
-        assert len(curves["loss"]) == entry["iterations"]
-        assert json.loads((out / stage / "metrics.json").read_text())["stage"] == stage
-    ga_ca = json.loads((out / "ga_ca" / "curves.json").read_text())
+        values = list(entry["miou_per_seed"].values())
+        assert entry["miou"]["mean"] == pytest.approx(sum(values) / 2)
+        assert entry["miou"]["low"] < entry["miou"]["mean"] < entry["miou"]["high"] or \
+            values[0] == values[1]
+        assert f"{entry['miou']['mean']:6.1f}" in printed
+    ga = results["effects"]["GA"]
+    assert ga["per_seed"]["3"] == pytest.approx(results["stages"]["ga"]["miou_per_seed"]["3"]
+                                                - results["stages"]["source_only"]["miou_per_seed"]["3"])
+    assert [c.split(" ", 1)[0].rstrip("'s") for c in results["claims"]] == ["GA", "CA", "GA+CA"]
+    for sentence in results["claims"]:
+        assert sentence in printed
+    ga_ca = json.loads((out / "seed_0" / "ga_ca" / "curves.json").read_text())
     assert {"dom_accuracy", "mil_loss"} <= set(ga_ca)
     for figure in ("qualitative.png", "training_curves.png", "iou_per_class.png"):
         from PIL import Image
         with Image.open(out / figure) as image:
             assert image.size[0] > 100 and image.size[1] > 100
     assert (out / "table.txt").read_text().strip() in printed
+
+
+def test_demo_with_one_seed_says_it_is_one_sample(tmp_path, cache, capsys):
+    out = tmp_path / "demo"
+    assert run_verb(demo_cmd, ["--out", str(out), "--scale", "0.005", "--images", "8",
+                               "--image-size", "32x64", "--seed", "2", "--no-oracle",
+                               "--jobs", "1", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [2] and "oracle" not in results["stages"]
+    assert "one sample" in results["claims"][0] and results["claims"][0] in printed
+    assert "target val IoU (%), seed 2" in printed
 
 
 def test_adapt_resumes_finished_stages(tmp_path, cache, monkeypatch):
@@ -114,3 +145,47 @@ def test_adapt_defaults_to_splits_each_official_layout_has(tmp_path):
     args.source_split = "train"       # asked for explicitly, the split needs split.mat
     with pytest.raises(DatasetError, match="split.mat is missing"):
         adapt_cmd.experiment_from_args(args)
+
+
+def test_seeds_give_the_same_numbers_in_one_process_and_in_parallel_workers(tmp_path, cache):
+    """Each stage runs on one thread wherever it runs: a seed's results do not depend on
+    how many jobs ran at once or which ran beside it."""
+    import functools
+
+    from fcnwild.tools.experiment.seeds import run_seeds
+    make = functools.partial(synthetic_experiment, scale=0.01, height=32, width=64, images=8)
+    finished = []
+    inline = run_seeds(make, [4, 5], tmp_path / "one", ("source_only", "ga"), jobs=1,
+                       quiet=True, on_done=lambda seed, results: finished.append(seed))
+    parallel = run_seeds(make, [4, 5], tmp_path / "two", ("source_only", "ga"), jobs=2,
+                         quiet=True)
+    assert sorted(finished) == [4, 5]
+    for seed in (4, 5):
+        for stage in ("source_only", "ga"):
+            assert inline[seed][stage]["iou"] == parallel[seed][stage]["iou"]
+            weights = [(root / f"seed_{seed}" / stage / "final.caffemodel").read_bytes()
+                       for root in (tmp_path / "one", tmp_path / "two")]
+            assert weights[0] == weights[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0,0"], "a seed is given twice"),
+    (["--seeds", "1", "2", "1"], "a seed is given twice"),
+    (["--jobs", "0"], "--jobs 0: expected at least 1"),
+    (["--image-size", "48"], "expected HxW"),
+])
+def test_demo_refuses_bad_flags_before_anything_runs(tmp_path, argv, message):
+    with pytest.raises(UsageError, match=message):
+        run_verb(demo_cmd, ["--out", str(tmp_path / "x")] + argv)
+    assert not (tmp_path / "x").exists()
+
+
+def test_demo_seed_flags_parse_both_spellings():
+    parser = argparse.ArgumentParser()
+    demo_cmd.add_arguments(parser)
+    assert parser.parse_args(["--seeds", "0,1,2"]).seeds == [[0, 1, 2]]
+    assert parser.parse_args(["--seeds", "3", "4"]).seeds == [[3], [4]]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seeds", "x"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seeds", "1", "--seed", "2"])

@@ -63,14 +63,17 @@ def training_curves(path: Path, curves: Mapping[str, Mapping[str, Sequence[float
     plt.close(fig)
 
 
-def iou_bars(path: Path, classes: Sequence[str], ious: Mapping[str, Sequence[float]]) -> None:
-    """Grouped bars: per-class IoU (%) of each stage."""
+def iou_bars(path: Path, classes: Sequence[str], ious: Mapping[str, Sequence[float]],
+             spread: Mapping[str, Sequence[float]] | None = None) -> None:
+    """Grouped bars: per-class IoU (%) of each stage, with ``spread`` (e.g. the standard
+    deviation over seeds) as error bars."""
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(classes)), 3.6))
     width = 0.8 / max(1, len(ious))
     x = np.arange(len(classes))
     for k, (stage, values) in enumerate(ious.items()):
+        error = None if spread is None else np.nan_to_num(np.asarray(spread[stage]) * 100)
         ax.bar(x + (k - (len(ious) - 1) / 2) * width, np.nan_to_num(np.asarray(values) * 100),
-               width, label=stage)
+               width, yerr=error, capsize=2, label=stage)
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=30, ha="right", fontsize=9)
     ax.set_ylabel("IoU (%)")
