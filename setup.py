@@ -28,6 +28,7 @@ setup(
     # The opt-in `import caffe` shim (fcnwild pycaffe --shim-path) and `caffe` executable
     # (its bin/ folder, never put on PATH) are data, not packages.
     package_data={"fcnwild.base": ["caffe.proto"], "fcnwild.data": ["dataset_cityscapes.json"],
+                  "fcnwild.tools.experiment": ["demo_conv_paths.json"],
                   "fcnwild.caffe": ["shim/caffe/__init__.py", "shim/bin/caffe"]},
     install_requires=[
         # torch is constrained to the CPU 2.13.0 wheel by constraints.txt in the

@@ -44,7 +44,7 @@ import platform
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -179,6 +179,22 @@ def plan_cache() -> PlanCache:
     return cache
 
 
+_pinned: dict[str, str] | None = None
+
+
+@contextlib.contextmanager
+def pinned(paths: Mapping[str, str]) -> Iterator[None]:
+    """Run a block with the paths ``paths`` names (plan key -> path) and the fixed rules
+    for every other operation: no timing decides a path, so the arithmetic, and with it a
+    training's numbers, repeat exactly on a processor."""
+    global _pinned
+    previous, _pinned = _pinned, dict(paths)
+    try:
+        yield
+    finally:
+        _pinned = previous
+
+
 def choose(key: str, candidates: Sequence[str], default: str,
            full: Callable[[str], Trial], probe: Callable[[str], Trial] | None) -> str:
     """The fastest of ``candidates`` for the operation named by ``key``.
@@ -189,6 +205,9 @@ def choose(key: str, candidates: Sequence[str], default: str,
     rules pick; it is the answer when tuning is off or nothing else can be measured.
     """
     candidates = list(dict.fromkeys([default, *candidates]))
+    if _pinned is not None:
+        path = _pinned.get(key, default)
+        return path if path in candidates else default
     current = mode()
     if current == "off" or len(candidates) == 1:
         return default

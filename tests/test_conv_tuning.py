@@ -221,3 +221,16 @@ def test_a_remembered_plan_makes_no_probe_tensors(cache: Path, monkeypatch) -> N
     monkeypatch.setattr(torch, "randn", lambda *a, **k: made.append(a) or real_randn(*a, **k))
     conv_ops.convolution(x, w, None, (1, 1), (1, 1), (1, 1), 1)
     assert made == []
+
+
+def test_pinned_paths_decide_without_timing_and_other_shapes_take_the_rules(monkeypatch):
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a pinned choice was timed")
+    monkeypatch.setattr(conv_tuning, "measure", no_timing)
+    with conv_tuning.override("recalibrate"), conv_tuning.pinned({"op a": "gemm", "op b": "fft"}):
+        assert conv_tuning.choose("op a", ["native", "gemm"], "native", None, None) == "gemm"
+        # A pinned path that this operation cannot take, or no pin at all: the rule's path.
+        assert conv_tuning.choose("op b", ["native", "gemm"], "native", None, None) == "native"
+        assert conv_tuning.choose("op c", ["native", "winograd"], "winograd", None, None) == \
+            "winograd"
+    assert conv_tuning._pinned is None

@@ -27,7 +27,7 @@ from fcnwild.tools.experiment import seed_statistics
 from fcnwild.tools.experiment.config import STAGE_TITLES, STAGES, synthetic_experiment
 from fcnwild.tools.experiment.run import AdaptationRun
 from fcnwild.tools.experiment.scoring import TargetScorer
-from fcnwild.tools.experiment.seeds import one_thread, run_seeds, seed_folder
+from fcnwild.tools.experiment.seeds import job_conditions, run_seeds, seed_folder
 from fcnwild.tools.progress import setup_logging
 
 DEFAULT_SEEDS = (0, 1, 2)
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         f.write(json.dumps(summary, indent=1))
     with atomic_write(out / "table.txt", "w") as f:
         f.write(text + "\n")
-    with one_thread():
+    with job_conditions():
         _figures(out, make_experiment(seeds[0]), seed_folder(out, seeds[0]), summary, stages)
     print(f"\nwrote {out}/results.json, table.txt, qualitative.png and training_curves.png "
           f"(seed {seeds[0]}), iou_per_class.png, and per seed (seed_<k>/) each stage's nets, "
