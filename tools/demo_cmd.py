@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import time
 from pathlib import Path
 
@@ -191,7 +190,7 @@ def report_text(summary: dict) -> str:
             per_class = effect["per_class"]
             means = " ".join("   n/a" if per_class[c] is None else f"{per_class[c]['mean']:+6.1f}"
                              for c in classes)
-            sds = " ".join("      " if per_class[c] is None or math.isnan(per_class[c]["sd"])
+            sds = " ".join("      " if per_class[c] is None or per_class[c]["sd"] is None
                            else f"{per_class[c]['sd']:6.1f}" for c in classes)
             lines.append(f"{_effect_title(name) + ', mean':<{width}} {means} "
                          f"{effect['mean']:+6.1f}")

@@ -52,7 +52,10 @@ class Interval:
         return mean if self.n < 2 else f"{mean} ± {self.half_width:.1f}"
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n, "sd": self.sd}
+        """For JSON: what one sample cannot give is null, not NaN (which JSON lacks)."""
+        return {"mean": self.mean, "n": self.n,
+                **{k: None if math.isnan(v) else v
+                   for k, v in (("low", self.low), ("high", self.high), ("sd", self.sd))}}
 
 
 def stage_intervals(miou: Mapping[str, Sequence[float]]) -> dict[str, Interval]:
