@@ -81,6 +81,18 @@ def make_gta5(root: Path, frames: int = 5, size: tuple[int, int] = (12, 20), see
     return written
 
 
+def make_skewed_car_gta5(root: Path) -> None:
+    """Twenty 8x8 GTA5 frames: nineteen with 1/64 'car' (id 26, on road) and one all 'car',
+    so that car's mean size exceeds its 90th percentile and the stats clip it."""
+    for frame in range(1, 21):
+        ids = np.full((8, 8), 7, np.uint8)
+        ids[0, 0] = 26
+        if frame == 20:
+            ids[:] = 26
+        write_palette(root / "labels" / f"{frame:05d}.png", ids)
+        write_palette(root / "images" / f"{frame:05d}.png", ids)
+
+
 def make_synthia_rand(root: Path, frames: int = 3, size: tuple[int, int] = (10, 14),
                       seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from data_layouts import make_gta5, write_palette
+from data_layouts import make_gta5, make_skewed_car_gta5, write_palette
 
 from fcnwild.base.errors import DatasetError
 from fcnwild.data.class_stats import (
@@ -68,13 +68,7 @@ def test_json_round_trip_and_load_errors(tmp_path):
 
 def test_skewed_class_gets_delta_clipped_into_the_bounds(tmp_path):
     # Nineteen images with 1/64 'car' and one all 'car': the mean exceeds the 90th percentile.
-    for frame in range(1, 21):
-        ids = np.full((8, 8), 7, np.uint8)
-        ids[0, 0] = 26
-        if frame == 20:
-            ids[:] = 26
-        write_palette(tmp_path / "labels" / f"{frame:05d}.png", ids)
-        write_palette(tmp_path / "images" / f"{frame:05d}.png", ids)
+    make_skewed_car_gta5(tmp_path)
     with pytest.warns(UserWarning, match="outside .* for car"):
         stats = compute_class_stats(open_dataset(f"gta5:{tmp_path}"), progress=False)
     car = stats.class_names.index("car")

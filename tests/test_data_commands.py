@@ -49,14 +49,8 @@ def test_stats_writes_the_file_the_mil_loss_reads(tmp_path, capsys):
 
 def test_a_library_warning_reaches_the_user_as_one_plain_line(tmp_path):
     # One image all 'car' among 1/64-car images: the stats clip car's mean and warn.
-    from data_layouts import write_palette
-    for frame in range(1, 21):
-        ids = np.full((8, 8), 7, np.uint8)
-        ids[0, 0] = 26
-        if frame == 20:
-            ids[:] = 26
-        write_palette(tmp_path / "gta/labels" / f"{frame:05d}.png", ids)
-        write_palette(tmp_path / "gta/images" / f"{frame:05d}.png", ids)
+    from data_layouts import make_skewed_car_gta5
+    make_skewed_car_gta5(tmp_path / "gta")
     done = subprocess.run([sys.executable, "-m", "fcnwild.tools.cli", "stats", "--dataset",
                            f"gta5:{tmp_path / 'gta'}", "--out", str(tmp_path / "s.json"), "--no-progress"],
                           capture_output=True, text=True, timeout=120)
