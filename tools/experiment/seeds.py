@@ -104,7 +104,8 @@ def _run_jobs(make_experiment: ExperimentFactory, seeds: list[int], out: str | o
             while pending:
                 seed, stage = ready()[0]
                 pending.remove((seed, stage))
-                finish(seed, stage, _run_stage(make_experiment, seed, stage, out))
+                finish(seed, stage, _run_stage(make_experiment, seed, stage, out,
+                                           needs[stage] is None))
         finally:
             _prefix.seed = None
     else:
@@ -116,7 +117,8 @@ def _run_jobs(make_experiment: ExperimentFactory, seeds: list[int], out: str | o
                 while pending or running:
                     for job in ready()[:workers - len(running)]:
                         pending.remove(job)
-                        running[pool.submit(_run_stage, make_experiment, *job, out)] = job
+                        running[pool.submit(_run_stage, make_experiment, *job, out,
+                                            needs[job[1]] is None)] = job
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in done:
                         seed, stage = running.pop(future)
@@ -158,19 +160,16 @@ def _log_jobs(quiet: bool) -> None:
             handler.addFilter(_prefix)
 
 
-def _prepare(make_experiment: ExperimentFactory, seed: int) -> None:
-    """Opens (and so generates, the first time) every dataset a seed's stages read."""
-    experiment = make_experiment(seed)
-    _prefix.seed = seed
-    for spec, split in experiment.datasets():
-        open_dataset(spec, split)
-
-
 def _run_stage(make_experiment: ExperimentFactory, seed: int, stage: str,
-               out: str | os.PathLike) -> dict:
-    _prepare(make_experiment, seed)
-    run = AdaptationRun(make_experiment(seed), seed_folder(out, seed), _log_quarters)
-    return run.run_stage(stage)
+               out: str | os.PathLike, first: bool) -> dict:
+    """One stage of one seed; a ``first`` stage (one that waits on no other) opens,
+    and so generates the first time, every dataset the seed's stages read."""
+    _prefix.seed = seed
+    experiment = make_experiment(seed)
+    if first:
+        for spec, split in experiment.datasets():
+            open_dataset(spec, split)
+    return AdaptationRun(experiment, seed_folder(out, seed), _log_quarters).run_stage(stage)
 
 
 def _log_quarters(stage: str, iteration: int, total: int,
